@@ -1,0 +1,241 @@
+"""Fill a module's per-sample pseudo-label table by clustering teacher embeddings with faiss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from fewlabel.plugins.clustering import cluster_embeddings, clustering_metrics
+from fewlabel.plugins.gather import Embeddings, gather_embeddings
+
+__all__ = ["PseudoLabeler"]
+
+_Loader = Iterable[dict[str, Any]]
+
+
+class PseudoLabeler(L.Callback):
+    """k-means pseudo-labels for the unlabeled pool, written into ``pl_module.pseudo_labels``.
+
+    Embeds the unlabeled pool (no augmentation) with a teacher encoder, reduces it with faiss PCA
+    to ``pca_dim`` dimensions with whitening, L2-normalises and runs k-means (DeepCluster, Caron et
+    al. 2018, arXiv 1807.05520; stage 2 of UnFuSeD, 2023, arXiv 2303.05668). Sample ``i`` of the
+    dataset gets label ``pseudo_labels[i]``; samples the loader did not yield keep ``-1``.
+
+    Contract with the LightningModule: a ``pseudo_labels`` tensor buffer and ``set_pseudo_labels``
+    (:class:`fewlabel.plugins.modules.pseudo_labels.PseudoLabelMixin`), and ``.encoder`` when no
+    ``teacher`` is given (self-labelling). Checked in ``on_fit_start``.
+
+    When: once before the first training epoch (``on_train_start``, after a checkpoint has been
+    fully restored), and with ``recluster_every_n_epochs=n`` again at the start of every epoch that
+    is a multiple of ``n``. Resuming from a checkpoint keeps the stored labels bit-identical and
+    does not recluster, except on an epoch where the uninterrupted run would have. Note that the
+    sanity-check validation runs before the first clustering.
+
+    Multi-process: every rank gathers (the gather all-gathers and merges by index), rank 0 runs
+    k-means and the labels are broadcast with ``trainer.strategy.broadcast``.
+
+    Args:
+        num_clusters: k; ``None`` takes ``trainer.datamodule.num_classes``.
+        teacher: an encoder ``(batch input) -> (B, D)``; frozen and moved to the module's device.
+            ``None`` uses ``pl_module.encoder``.
+        dataloader: a DataLoader, or a zero-argument callable returning one; ``None`` uses
+            ``trainer.datamodule.unlabeled_dataloader(train=False)``.
+        pca_dim: PCA dimension (``None`` = no PCA).
+        whiten: whiten the PCA components.
+        niter: k-means iterations.
+        nredo: k-means restarts (best objective kept); 1 as in UnFuSeD.
+        seed: k-means seed.
+        recluster_every_n_epochs: ``None`` = cluster once; ``n`` = also at epochs ``n, 2n, ...``.
+        label_key: batch key of the true labels, used only for the logged metrics (``-1`` = unknown).
+
+    Example:
+        >>> cb = PseudoLabeler(num_clusters=10, recluster_every_n_epochs=5)
+        >>> cb.should_recluster(10), cb.should_recluster(11)
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        *,
+        num_clusters: int | None = None,
+        teacher: nn.Module | None = None,
+        dataloader: _Loader | Callable[[], _Loader] | None = None,
+        pca_dim: int | None = 128,
+        whiten: bool = True,
+        niter: int = 20,
+        nredo: int = 1,
+        seed: int = 0,
+        recluster_every_n_epochs: int | None = None,
+        label_key: str = "target",
+    ) -> None:
+        super().__init__()
+        _check_int("num_clusters", num_clusters, 1, "None (use trainer.datamodule.num_classes)")
+        _check_int("pca_dim", pca_dim, 1, "None (no PCA)")
+        _check_int("niter", niter, 1)
+        _check_int("nredo", nredo, 1)
+        _check_int("recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not isinstance(whiten, bool):
+            raise ValueError(f"whiten must be True or False, got {whiten!r}")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ValueError(
+                f"teacher must be an nn.Module encoder or None (use pl_module.encoder), got {type(teacher).__name__}"
+            )
+        if dataloader is not None and not (callable(dataloader) or hasattr(dataloader, "__iter__")):
+            raise ValueError(
+                "dataloader must be a DataLoader, a zero-argument callable returning one, or None "
+                f"(use trainer.datamodule.unlabeled_dataloader(train=False)); got {type(dataloader).__name__}"
+            )
+        if not isinstance(label_key, str) or not label_key:
+            raise ValueError(f"label_key must be a non-empty string, got {label_key!r}")
+        self.num_clusters = num_clusters
+        self.teacher = teacher
+        self.dataloader = dataloader
+        self.pca_dim = pca_dim
+        self.whiten = whiten
+        self.niter = niter
+        self.nredo = nredo
+        self.seed = seed
+        self.recluster_every_n_epochs = recluster_every_n_epochs
+        self.label_key = label_key
+        self.metrics: dict[str, float] = {}
+        self.last_clustered_epoch: int | None = None
+
+    # ------------------------------------------------------------------ extension points
+    def should_recluster(self, epoch: int) -> bool:
+        """Whether to recluster at the start of ``epoch`` (the first clustering always happens)."""
+        n = self.recluster_every_n_epochs
+        return n is not None and epoch % n == 0
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        missing = []
+        if not isinstance(getattr(pl_module, "pseudo_labels", None), Tensor):
+            missing.append("a `pseudo_labels` tensor buffer")
+        if not callable(getattr(pl_module, "set_pseudo_labels", None)):
+            missing.append("a `set_pseudo_labels(tensor)` method")
+        if self.teacher is None and not isinstance(getattr(pl_module, "encoder", None), nn.Module):
+            missing.append("an `encoder` nn.Module (or pass PseudoLabeler(teacher=...))")
+        if missing:
+            raise AttributeError(
+                f"PseudoLabeler needs {type(pl_module).__name__} to have " + " and ".join(missing)
+                + "; use fewlabel.plugins.modules.pseudo_labels.PseudoLabelMixin and call init_pseudo_labels()"
+            )
+        self._num_clusters(trainer)  # fail before training if k is unavailable
+        if self.teacher is not None:
+            self.teacher.to(pl_module.device).requires_grad_(False).eval()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        resumed = trainer.ckpt_path is not None and self.last_clustered_epoch is not None
+        if resumed and pl_module.pseudo_labels.numel() > 0:
+            rank_zero_info(
+                f"PseudoLabeler: keeping the pseudo-labels restored from the checkpoint "
+                f"(clustered at epoch {self.last_clustered_epoch})"
+            )
+            return
+        self.run_clustering(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.last_clustered_epoch != epoch and self.should_recluster(epoch):
+            self.run_clustering(trainer, pl_module)
+
+    # ------------------------------------------------------------------ clustering
+    def run_clustering(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Embed the pool, cluster on rank 0, broadcast, and write ``pl_module.pseudo_labels``."""
+        k = self._num_clusters(trainer)
+        loader = self._resolve_dataloader(trainer)
+        encoder = self.teacher if self.teacher is not None else pl_module.encoder
+        if self.teacher is not None:
+            self.teacher.to(pl_module.device).requires_grad_(False).eval()
+        emb = gather_embeddings(
+            encoder, loader, device=pl_module.device, label_key=self.label_key, strategy=trainer.strategy
+        )
+        if k > len(emb):  # checked on every rank so none waits on a failed rank 0
+            raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
+        dataset = getattr(loader, "dataset", None)
+        size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
+        payload: tuple[np.ndarray, dict[str, float]] | Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                payload = self._cluster(emb, k, size)
+            except Exception as err:  # in a multi-rank run, hand the error to the waiting ranks
+                if trainer.world_size == 1:
+                    raise
+                payload = err
+        if trainer.world_size > 1:
+            payload = trainer.strategy.broadcast(payload, src=0)
+        if isinstance(payload, Exception):
+            raise RuntimeError(f"PseudoLabeler: clustering failed on rank 0: {payload}") from payload
+        assert payload is not None
+        table, metrics = payload
+        pl_module.set_pseudo_labels(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+        self.metrics = dict(metrics)
+        self.last_clustered_epoch = trainer.current_epoch
+        for logger in trainer.loggers:
+            logger.log_metrics(self.metrics, step=trainer.global_step)
+        summary = ", ".join(f"{key.split('/')[-1]}={value:.4g}" for key, value in self.metrics.items())
+        rank_zero_info(f"PseudoLabeler: epoch {trainer.current_epoch}, k={k}, {len(emb)} samples: {summary}")
+
+    def _cluster(self, emb: Embeddings, k: int, size: int) -> tuple[np.ndarray, dict[str, float]]:
+        result = cluster_embeddings(
+            emb.embeddings, k, pca_dim=self.pca_dim, whiten=self.whiten, niter=self.niter,
+            nredo=self.nredo, seed=self.seed,
+        )
+        table = np.full(size, -1, dtype=np.int64)
+        table[emb.indices] = result.labels
+        metrics: dict[str, float] = {}
+        if (emb.labels >= 0).any():
+            scores = clustering_metrics(result.labels, emb.labels)
+            metrics.update({f"pseudo_labels/{name}": value for name, value in scores.items()})
+        metrics["pseudo_labels/cluster_size_min"] = float(result.sizes.min())
+        metrics["pseudo_labels/cluster_size_max"] = float(result.sizes.max())
+        metrics["pseudo_labels/empty_clusters"] = float(result.num_empty)
+        return table, metrics
+
+    def _num_clusters(self, trainer: L.Trainer) -> int:
+        if self.num_clusters is not None:
+            return self.num_clusters
+        k = getattr(trainer.datamodule, "num_classes", None)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(
+                "PseudoLabeler(num_clusters=None) takes k from trainer.datamodule.num_classes, but the trainer has "
+                f"{'no datamodule' if trainer.datamodule is None else f'num_classes={k!r}'}; pass num_clusters=<int>"
+            )
+        return k
+
+    def _resolve_dataloader(self, trainer: L.Trainer) -> _Loader:
+        if self.dataloader is not None:
+            if hasattr(self.dataloader, "__iter__"):
+                return self.dataloader  # type: ignore[return-value]
+            return self.dataloader()  # type: ignore[operator]
+        make = getattr(trainer.datamodule, "unlabeled_dataloader", None)
+        if make is None:
+            raise ValueError(
+                "PseudoLabeler(dataloader=None) needs trainer.datamodule.unlabeled_dataloader(train=False); "
+                "pass dataloader=<DataLoader or zero-argument callable>"
+            )
+        return make(train=False)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_clustered_epoch": self.last_clustered_epoch, "metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_clustered_epoch = state_dict.get("last_clustered_epoch")
+        self.metrics = dict(state_dict.get("metrics", {}))
+
+
+def _check_int(name: str, value: Any, minimum: int, none_means: str | None = None) -> None:
+    if value is None and none_means is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        choices = f"an int >= {minimum}" + (f" or {none_means}" if none_means else "")
+        raise ValueError(f"PseudoLabeler: {name} must be {choices}, got {value!r}")

@@ -1,0 +1,246 @@
+"""The base LightningDataModule with an explicit label budget."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from fewlabel.datamodules.budget import label_budget_split, stratified_split
+from fewlabel.datamodules.dataset import FewLabelDataset, SampleView, SubsetDataset, collate_dict
+
+__all__ = ["DatasetSplits", "FewLabelDataModule"]
+
+TRAIN_SPLITS = ("labeled", "unlabeled")
+VAL_SEED = 0
+
+
+class DatasetSplits(NamedTuple):
+    """What :meth:`FewLabelDataModule.load_splits` returns.
+
+    Attributes:
+        train: The training part (the pool plus the validation split carved from it).
+        test: The test split.
+        class_names: Name of each class; targets index into it.
+    """
+
+    train: FewLabelDataset
+    test: FewLabelDataset
+    class_names: list[str]
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class FewLabelDataModule(L.LightningDataModule):
+    """A datamodule that serves a small labeled draw and a large unlabeled pool.
+
+    ``setup()`` calls :meth:`load_splits` once, then carves a stratified validation split
+    (``val_fraction`` of the training part, always with seed 0, so it is the same for
+    every label draw) off the training part. What is left is the *pool*. The labeled set
+    is ``labels_per_class`` samples of every class of the pool, drawn with ``seed``; the
+    unlabeled set is the whole pool with labels hidden. All loaders yield dict batches
+    ``{"input": Tensor, "label": LongTensor, "index": LongTensor}``; ``"index"`` is a
+    position in the pool for the labeled and unlabeled loaders (so both index the same
+    pool), and a position in the validation or test split for those loaders.
+
+    Subclasses implement one hook, :meth:`load_splits`.
+
+    Args:
+        labels_per_class: Labeled samples per class; ``None`` labels the whole pool.
+        seed: Seed of the label draw.
+        val_fraction: Stratified share of the training part held out for validation, in
+            ``[0, 1)``; 0 = no validation split.
+        batch_size: Batch size of the labeled and unlabeled training loaders.
+        eval_batch_size: Batch size of the validation, test, predict and sequential
+            unlabeled loaders.
+        num_workers: ``DataLoader`` workers.
+        train_split: Which loader ``train_dataloader()`` returns: ``"labeled"`` or
+            ``"unlabeled"``; may be reassigned later.
+
+    Raises:
+        ValueError: On an invalid argument, naming it and the valid values.
+    """
+
+    def __init__(
+        self,
+        labels_per_class: int | None = None,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        train_split: str = "labeled",
+    ) -> None:
+        super().__init__()
+        if labels_per_class is not None:
+            _check_int("labels_per_class", labels_per_class, 1)
+        _check_int("seed", seed, 0)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be a float in [0, 1), got {val_fraction!r}")
+        _check_int("batch_size", batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.labels_per_class = labels_per_class
+        self.seed = seed
+        self.val_fraction = float(val_fraction)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.train_split = train_split
+        self._class_names: list[str] | None = None
+        self._pool: SubsetDataset | None = None
+        self._val: SubsetDataset | None = None
+        self._test: FewLabelDataset | None = None
+        self._labeled_indices: np.ndarray | None = None
+
+    def load_splits(self) -> DatasetSplits:
+        """Load the data; called once, by the first ``setup()``.
+
+        Returns:
+            The training part, the test split and the class names. Both datasets are
+            :class:`~fewlabel.datamodules.FewLabelDataset`s: they expose ``targets`` and
+            ``load(index, train)``, where ``train=True`` asks for training-mode inputs
+            (e.g. random crops) and ``train=False`` for deterministic ones (centre crops).
+
+        Raises:
+            NotImplementedError: Unless a subclass overrides it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement load_splits()")
+
+    @property
+    def train_split(self) -> str:
+        """Which loader ``train_dataloader()`` returns: ``"labeled"`` or ``"unlabeled"``."""
+        return self._train_split
+
+    @train_split.setter
+    def train_split(self, value: str) -> None:
+        if value not in TRAIN_SPLITS:
+            raise ValueError(f"train_split must be one of {TRAIN_SPLITS}, got {value!r}")
+        self._train_split = value
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits and draw the labels; later calls do nothing."""
+        if self._pool is not None:
+            return
+        train, test, class_names = self.load_splits()
+        keep, held = stratified_split(train.targets, self.val_fraction, VAL_SEED)
+        self._class_names = list(class_names)
+        self._val = train.subset(held)
+        self._test = test
+        self._pool = train.subset(keep)
+        self.draw_labels(self.labels_per_class, self.seed)
+
+    def draw_labels(self, labels_per_class: int | None, seed: int) -> None:
+        """Draw a new labeled set from the already loaded pool (no data is reloaded).
+
+        Args:
+            labels_per_class: Labeled samples per class; ``None`` labels the whole pool.
+            seed: Seed of the draw.
+
+        Raises:
+            ValueError: ``labels_per_class`` is below 1 or larger than a class of the pool.
+        """
+        pool = self._ready()
+        if labels_per_class is not None:
+            _check_int("labels_per_class", labels_per_class, 1)
+        _check_int("seed", seed, 0)
+        if labels_per_class is None:
+            labeled = np.flatnonzero(pool.targets >= 0).astype(np.int64)
+        else:
+            labeled = label_budget_split(pool.targets, labels_per_class, seed)
+        self.labels_per_class, self.seed = labels_per_class, seed
+        self._labeled_indices = labeled
+
+    def _ready(self) -> SubsetDataset:
+        if self._pool is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must be called first")
+        return self._pool
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        self._ready()
+        return len(self._class_names)  # type: ignore[arg-type]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names; a target ``t`` names ``class_names[t]``."""
+        self._ready()
+        return list(self._class_names)  # type: ignore[arg-type]
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Size of the pool (training part minus the validation split)."""
+        return len(self._ready())
+
+    @property
+    def pool_targets(self) -> np.ndarray:
+        """True labels of the pool (``int64``; ``-1`` = unknown), for monitoring."""
+        return self._ready().targets.copy()
+
+    @property
+    def labeled_indices(self) -> np.ndarray:
+        """Sorted pool positions of the labeled draw (``int64``)."""
+        self._ready()
+        return self._labeled_indices.copy()  # type: ignore[union-attr]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (without the batch dimension)."""
+        return tuple(self._ready().load(0, train=False).shape)
+
+    def _loader(self, view: SampleView, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            view,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_dict,
+        )
+
+    def labeled_dataloader(self) -> DataLoader:
+        """The labeled draw: shuffled, training-mode inputs, last partial batch kept."""
+        view = SampleView(self._ready(), self._labeled_indices, train=True)
+        return self._loader(view, self.batch_size, shuffle=True)
+
+    def unlabeled_dataloader(self, train: bool = True) -> DataLoader:
+        """The whole pool with ``"label"`` = -1 and the true label under ``"target"``.
+
+        Args:
+            train: ``True``: shuffled, training-mode inputs, ``batch_size``, and the last
+                partial batch dropped when the pool is bigger than a batch. ``False``:
+                sequential, deterministic inputs, ``eval_batch_size``, nothing dropped.
+        """
+        pool = self._ready()
+        view = SampleView(pool, train=train, hide_labels=True)
+        if train:
+            return self._loader(view, self.batch_size, shuffle=True, drop_last=len(pool) > self.batch_size)
+        return self._loader(view, self.eval_batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """``labeled_dataloader()`` or ``unlabeled_dataloader(train=True)``, per ``train_split``."""
+        if self.train_split == "labeled":
+            return self.labeled_dataloader()
+        return self.unlabeled_dataloader(train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The labeled validation split (empty when ``val_fraction == 0``), sequential."""
+        self._ready()
+        return self._loader(SampleView(self._val), self.eval_batch_size, shuffle=False)  # type: ignore[arg-type]
+
+    def test_dataloader(self) -> DataLoader:
+        """The labeled test split, sequential."""
+        self._ready()
+        return self._loader(SampleView(self._test), self.eval_batch_size, shuffle=False)  # type: ignore[arg-type]
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as ``unlabeled_dataloader(train=False)``."""
+        return self.unlabeled_dataloader(train=False)

@@ -1,0 +1,209 @@
+"""Folder-per-class datasets: scanning, decode checks and the shared datamodule.
+
+A root is laid out as ``root/CLASS/<files>``, or as ``root/train/CLASS/<files>`` plus
+``root/test/CLASS/<files>`` when both ``train`` and ``test`` exist. Every file is decoded
+once at setup; unreadable or empty files are skipped and reported in one warning, so a
+bad file never stops an epoch halfway.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
+from fewlabel.datamodules.budget import stratified_split
+from fewlabel.datamodules.dataset import FewLabelDataset
+
+__all__ = ["FileDataset", "FolderDataModule", "scan_class_folders"]
+
+TEST_SEED = 0
+
+
+def scan_class_folders(
+    root: Path, extensions: Sequence[str], class_names: Sequence[str] | None = None
+) -> tuple[list[str], list[Path], np.ndarray]:
+    """List the files of a folder-per-class tree.
+
+    Every non-hidden sub-folder of ``root`` that holds at least one file (searched
+    recursively) with one of ``extensions`` (case-insensitive) is a class; class names
+    are sorted.
+
+    Args:
+        root: The folder holding one sub-folder per class.
+        extensions: Accepted suffixes, lower case with the dot, e.g. ``(".wav",)``.
+        class_names: Fixed classes (e.g. those of the training split); a folder that is
+            not among them is an error. ``None`` = take the classes from ``root``.
+
+    Returns:
+        ``(class_names, files, targets)``: files sorted by class then path, and their
+        ``int64`` class ids.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a directory.
+        ValueError: If ``root`` has no class folder with a matching file, or has a class
+            that ``class_names`` lacks.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist or is not a directory")
+    found: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+        )
+        if files:
+            found[folder.name] = files
+    if not found:
+        raise ValueError(
+            f"{root} has no class folders with {'/'.join(extensions)} files; expected the layout root/CLASS/file"
+        )
+    if class_names is None:
+        class_names = sorted(found)
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise ValueError(f"{root} has class folders {unknown} that are not among the classes {list(class_names)}")
+    index = {name: i for i, name in enumerate(class_names)}
+    names = sorted(found, key=index.__getitem__)
+    files = [path for name in names for path in found[name]]
+    targets = np.array([index[name] for name in names for _ in found[name]], dtype=np.int64)
+    return list(class_names), files, targets
+
+
+class FileDataset(FewLabelDataset):
+    """A dataset of files that are all decoded once when it is built.
+
+    Subclasses implement :meth:`decode` (file -> tensor, deterministic, raising on a bad
+    file) and may override :meth:`finish` (per-load transform such as a crop). They must
+    set the attributes that ``decode`` needs *before* calling ``super().__init__``.
+
+    Args:
+        files: Paths of the samples.
+        targets: Class id of each file.
+        cache: Keep the decoded tensors in memory (``False`` decodes again on every load,
+            which saves memory; files are still checked once here).
+
+    Attributes:
+        files: The usable files.
+        targets: Their class ids.
+        skipped: ``"path (reason)"`` for every file that could not be decoded.
+    """
+
+    def __init__(self, files: Sequence[Path], targets: np.ndarray, cache: bool = True) -> None:
+        kept: list[Path] = []
+        kept_targets: list[int] = []
+        decoded: list[Tensor] = []
+        self.skipped: list[str] = []
+        for path, target in zip(files, np.asarray(targets, dtype=np.int64)):
+            try:
+                value = self.decode(Path(path))
+            except Exception as exc:  # noqa: BLE001 - any decoder failure marks the file unusable
+                self.skipped.append(f"{path} ({type(exc).__name__}: {exc})")
+                continue
+            kept.append(Path(path))
+            kept_targets.append(int(target))
+            if cache:
+                decoded.append(value)
+        self.files = kept
+        self.targets = np.array(kept_targets, dtype=np.int64)
+        self._cache: list[Tensor] | None = decoded if cache else None
+
+    def decode(self, path: Path) -> Tensor:
+        """Decode one file; raise on an unreadable or empty one.
+
+        Raises:
+            NotImplementedError: Unless a subclass overrides it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement decode()")
+
+    def finish(self, value: Tensor, train: bool) -> Tensor:
+        """Turn a decoded tensor into the model input (identity by default)."""
+        return value
+
+    def load(self, index: int, train: bool) -> Tensor:
+        """Return ``finish(decode(files[index]), train)``, decoded from the cache if kept."""
+        value = self._cache[index] if self._cache is not None else self.decode(self.files[index])
+        return self.finish(value, train)
+
+
+class FolderDataModule(FewLabelDataModule):
+    """A :class:`~fewlabel.datamodules.FewLabelDataModule` over a folder-per-class tree.
+
+    If ``root/train`` and ``root/test`` both exist they are the splits (classes come from
+    ``train``); otherwise all of ``root`` is split with a stratified ``test_fraction``
+    (``random_state=0``). Subclasses set ``extensions`` and implement :meth:`make_dataset`.
+
+    Args:
+        root: The data folder.
+        test_fraction: Stratified share of ``root`` used as test set, in ``(0, 1)``; ignored
+            with a ``train``/``test`` layout.
+        cache: Keep decoded samples in memory.
+        **kwargs: Arguments of :class:`~fewlabel.datamodules.FewLabelDataModule`.
+
+    Raises:
+        ValueError: If ``test_fraction`` is outside ``(0, 1)``.
+    """
+
+    extensions: tuple[str, ...] = ()
+
+    def __init__(self, root: str | Path, test_fraction: float = 0.3, cache: bool = True, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
+        self.root = Path(root)
+        self.test_fraction = float(test_fraction)
+        self.cache = bool(cache)
+
+    def make_dataset(self, files: list[Path], targets: np.ndarray) -> FileDataset:
+        """Build the dataset of ``files``; unreadable ones end up in its ``skipped``.
+
+        Raises:
+            NotImplementedError: Unless a subclass overrides it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement make_dataset()")
+
+    def load_splits(self) -> DatasetSplits:
+        """Scan and decode the folder, skip bad files (one warning), and split off the test set.
+
+        Raises:
+            FileNotFoundError: If ``root`` does not exist.
+            ValueError: If there are no usable files.
+        """
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data root {self.root} does not exist or is not a directory")
+        train_root, test_root = self.root / "train", self.root / "test"
+        parts: dict[Path, FileDataset]
+        train: FewLabelDataset
+        test: FewLabelDataset
+        if train_root.is_dir() and test_root.is_dir():
+            class_names, files, targets = scan_class_folders(train_root, self.extensions)
+            parts = {
+                train_root: self.make_dataset(files, targets),
+                test_root: self.make_dataset(*scan_class_folders(test_root, self.extensions, class_names)[1:]),
+            }
+        else:
+            class_names, files, targets = scan_class_folders(self.root, self.extensions)
+            parts = {self.root: self.make_dataset(files, targets)}
+        skipped = [entry for dataset in parts.values() for entry in dataset.skipped]
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable or empty files under {self.root}:\n  " + "\n  ".join(skipped),
+                UserWarning,
+                stacklevel=2,
+            )
+        for root, dataset in parts.items():
+            if len(dataset) == 0:
+                raise ValueError(f"{root} has no usable files: all {len(dataset.skipped)} candidates failed to decode")
+        if len(parts) == 2:
+            train, test = parts.values()
+        else:
+            (full,) = parts.values()
+            keep, held = stratified_split(full.targets, self.test_fraction, TEST_SEED)
+            train, test = full.subset(keep), full.subset(held)
+        return DatasetSplits(train=train, test=test, class_names=class_names)
+

@@ -1,0 +1,107 @@
+"""Folder-per-class images as fixed-size ``float32`` tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from fewlabel.datamodules.folder import FileDataset, FolderDataModule
+
+__all__ = ["ImageFileDataset", "ImageFolderDataModule"]
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+PIL_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageFileDataset(FileDataset):
+    """Image files decoded with PIL, converted to ``channels`` and resized to a square.
+
+    Decoded images are kept as ``uint8`` (a quarter of the memory); inputs are
+    ``(channels, image_size, image_size)`` ``float32`` in ``[0, 1]``.
+
+    Args:
+        files: Image file paths.
+        targets: Class id of each file.
+        image_size: Side length of every input.
+        channels: 1 (grayscale, PIL ``"L"``) or 3 (``"RGB"``); any input mode is converted.
+        cache: Keep the decoded images in memory.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        targets: np.ndarray,
+        image_size: int = 32,
+        channels: int = 3,
+        cache: bool = True,
+    ) -> None:
+        self.image_size = image_size
+        self.channels = channels
+        super().__init__(files, targets, cache)
+
+    def decode(self, path: Path) -> Tensor:
+        """Return the image as a ``(channels, image_size, image_size)`` ``uint8`` tensor.
+
+        Raises:
+            PIL.UnidentifiedImageError, OSError: If the file is not a readable image.
+        """
+        with Image.open(path) as image:
+            if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+                image = image.convert("RGBA")
+            image = image.convert(PIL_MODES[self.channels])
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+            array = np.array(image, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def finish(self, value: Tensor, train: bool) -> Tensor:
+        """Scale to ``float32`` in ``[0, 1]``."""
+        return value.float().div_(255.0)
+
+
+class ImageFolderDataModule(FolderDataModule):
+    """Image classification from ``root/CLASS/*.png|jpg|jpeg|bmp|gif|webp`` with a label budget.
+
+    Inputs are ``(channels, image_size, image_size)`` ``float32`` tensors in ``[0, 1]``.
+    Unreadable files are skipped at setup with one warning listing them.
+
+    Args:
+        root: The data folder (``root/CLASS/...`` or ``root/{train,test}/CLASS/...``).
+        image_size: Side length the images are resized to.
+        channels: 1 (grayscale) or 3 (RGB).
+        test_fraction: Stratified test share when ``root`` has no ``train``/``test`` folders.
+        cache: Decode once into memory.
+        **kwargs: Arguments of :class:`~fewlabel.datamodules.FewLabelDataModule`.
+
+    Raises:
+        ValueError: On a non-positive ``image_size`` or ``channels`` other than 1 or 3.
+    """
+
+    extensions = IMAGE_EXTENSIONS
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 32,
+        channels: int = 3,
+        test_fraction: float = 0.3,
+        cache: bool = True,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(root, test_fraction=test_fraction, cache=cache, **kwargs)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        if channels not in PIL_MODES:
+            raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels!r}")
+        self.image_size = image_size
+        self.channels = channels
+
+    def make_dataset(self, files: list[Path], targets: np.ndarray) -> ImageFileDataset:
+        """Decode the image files (see :class:`ImageFileDataset`)."""
+        return ImageFileDataset(files, targets, self.image_size, self.channels, self.cache)

@@ -1,0 +1,1 @@
+"""fewlabel.plugins: encoders, losses, heads, LightningModules and the gather + clustering primitives."""

@@ -1,0 +1,63 @@
+"""The encoder contract every fewlabel encoder honours.
+
+An encoder maps a raw input batch to a ``(B, D)`` embedding, like a timm model built with
+``num_classes=0``. It is split in two so that augmentations can run between the halves, on the
+device, batch-wise:
+
+* :meth:`Encoder.preprocess` is the front end (a log-mel spectrogram for audio, identity for images);
+* :meth:`Encoder.forward_embed` maps the preprocessed batch to the embedding;
+* :meth:`Encoder.forward_intermediates` also returns one pooled ``(B, C_i)`` feature per block, for
+  multi-exit heads (self-distillation).
+
+``forward(x) == forward_embed(preprocess(x))``. Callbacks only ever call ``encoder(x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Encoder(nn.Module):
+    """Base class for fewlabel encoders.
+
+    Subclasses set ``embed_dim`` and ``intermediate_dims`` and implement
+    :meth:`forward_intermediates`; the rest follows.
+
+    Attributes:
+        embed_dim: Size ``D`` of the embedding returned by :meth:`forward`.
+        num_features: Alias of ``embed_dim`` (timm's name).
+        intermediate_dims: Sizes of the pooled block features from :meth:`forward_intermediates`.
+    """
+
+    embed_dim: int
+    intermediate_dims: list[int]
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """Front end applied before augmentation (identity unless overridden)."""
+        return x
+
+    def forward_intermediates(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Map a preprocessed batch to ``(embedding (B, D), [pooled block features (B, C_i)])``."""
+        raise NotImplementedError
+
+    def forward_embed(self, z: Tensor) -> Tensor:
+        """Map a preprocessed batch to its ``(B, D)`` embedding."""
+        return self.forward_intermediates(z)[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_embed(self.preprocess(x))
+
+
+def check_input(x: Tensor, ndim: tuple[int, ...], name: str) -> None:
+    """Raise a clear ``ValueError`` unless ``x`` is a floating tensor with one of ``ndim`` dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim not in ndim:
+        raise ValueError(f"{name} expects a tensor with {' or '.join(map(str, ndim))} dims, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")

@@ -1,0 +1,123 @@
+"""Log-mel spectrogram front end for audio encoders.
+
+The settings follow BYOL-A (Niizumi et al., "BYOL for Audio: Self-Supervised Learning for
+General-Purpose Audio Representation", 2021, arXiv 2103.06695), which UnFuSeD (Ghosh et al.,
+"UnFuSeD: UNsupervised Finetuning Using SElf supervised Distillation", 2023, arXiv 2303.05668)
+reuses: 16 kHz mono, STFT with n_fft 1024 and a 1024-sample Hann window, hop 160 (10 ms), 64 mel bins
+between 60 and 7800 Hz, power spectrum, ``log(x + eps)``, then normalisation with the dataset's
+mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from fewlabel.plugins.encoders.base import check_input
+
+#: ``eps`` added before the log; BYOL-A's ``torch.finfo(torch.float).eps`` (about 1.19e-7).
+DEFAULT_LOG_EPS: float = float(torch.finfo(torch.float32).eps)
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform ``(B, T)`` or ``(B, 1, T)`` -> normalised log-mel spectrogram ``(B, 1, n_mels, frames)``.
+
+    The mel spectrogram is :class:`torchaudio.transforms.MelSpectrogram` (HTK mel scale, no filter-bank
+    normalisation, centred reflect-padded frames, so ``frames = T // hop_length + 1``; 101 frames for
+    one second at 16 kHz). The log is ``log(mel + eps)``.
+
+    Normalisation (``normalize=True``) is a ``BatchNorm2d(1, affine=False)``: in training mode it uses
+    the batch's mean and variance and updates running estimates; in eval mode it uses the running
+    estimates. With ``norm_momentum=None`` (the default) the running estimates are the cumulative
+    average over all training batches seen, i.e. an estimate of the dataset statistics that BYOL-A
+    precomputes. ``normalize=False`` returns the raw log-mel.
+
+    The whole front end runs in float32 with autocast disabled, whatever the input dtype, so that
+    the log and the normalisation are computed at full precision under mixed-precision training.
+
+    Args:
+        sample_rate: Sampling rate of the input waveform in Hz.
+        n_fft: FFT size.
+        win_length: Window length in samples (``None`` = ``n_fft``).
+        hop_length: Hop between frames in samples.
+        n_mels: Number of mel bins.
+        f_min: Lowest mel filter frequency in Hz.
+        f_max: Highest mel filter frequency in Hz.
+        power: Exponent of the magnitude spectrogram (2 = power).
+        eps: Added to the mel spectrogram before the log.
+        normalize: Normalise with running mean/std (see above).
+        norm_momentum: ``BatchNorm2d`` momentum of the running estimates; ``None`` = cumulative average.
+
+    Example:
+        >>> frontend = LogMelFrontend()
+        >>> frontend(torch.randn(2, 16000)).shape
+        torch.Size([2, 1, 64, 101])
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 1024,
+        win_length: int | None = 1024,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 60.0,
+        f_max: float = 7800.0,
+        power: float = 2.0,
+        eps: float = DEFAULT_LOG_EPS,
+        normalize: bool = True,
+        norm_momentum: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= f_min < f_max <= sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.eps = eps
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            power=power,
+        )
+        self.norm: nn.Module = nn.BatchNorm2d(1, affine=False, momentum=norm_momentum) if normalize else nn.Identity()
+
+    def num_frames(self, num_samples: int) -> int:
+        """Number of output frames for a waveform of ``num_samples`` samples (centred frames)."""
+        return num_samples // self.hop_length + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Compute the normalised log-mel spectrogram.
+
+        Args:
+            x: Waveform of shape ``(B, T)`` or ``(B, 1, T)``.
+
+        Returns:
+            Float32 tensor of shape ``(B, 1, n_mels, T // hop_length + 1)``.
+
+        Raises:
+            ValueError: The input is not ``(B, T)`` / ``(B, 1, T)`` or is too short for reflect padding.
+            TypeError: The input is not a floating-point tensor.
+        """
+        check_input(x, (2, 3), "LogMelFrontend")
+        if x.ndim == 3:
+            if x.shape[1] != 1:
+                raise ValueError(f"LogMelFrontend expects mono audio (B, 1, T), got shape {tuple(x.shape)}")
+            x = x[:, 0]
+        if x.shape[-1] <= self.n_fft // 2:
+            raise ValueError(
+                f"LogMelFrontend needs more than n_fft // 2 = {self.n_fft // 2} samples, got shape {tuple(x.shape)}"
+            )
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mel = self.melspec(x.float())
+            logmel = torch.log(mel + self.eps).unsqueeze(1)
+            return self.norm(logmel)

@@ -1,0 +1,11 @@
+"""Recipes: whole pipelines composed from fewlabel modules, callbacks and datamodules.
+
+This layer sits above everything else; ``fewlabel.plugins`` does not import it.
+"""
+
+from __future__ import annotations
+
+from fewlabel.plugins.recipes.config import load_config
+from fewlabel.plugins.recipes.unfused import run_unfused
+
+__all__ = ["load_config", "run_unfused"]

@@ -1,0 +1,53 @@
+"""Build the recipe's parts (datamodule, loggers, trainers) from config sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLabelDataModule, ImageFolderDataModule
+
+DATAMODULES: dict[str, type[FewLabelDataModule]] = {
+    "audio_folder": AudioFolderDataModule,
+    "digits": DigitsDataModule,
+    "image_folder": ImageFolderDataModule,
+}
+LOGGERS = ("wandb", "wandb-online", "csv", "none")
+
+
+def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
+    """``data.name`` picks the datamodule; the other keys are its keyword arguments."""
+    kwargs = dict(data)
+    name = kwargs.pop("name", "digits")
+    if name not in DATAMODULES:
+        raise ValueError(f"unknown data.name {name!r}; choose one of {sorted(DATAMODULES)}")
+    if name != "digits" and not kwargs.get("root"):
+        raise ValueError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "root" and v is None)}
+    return DATAMODULES[name](**kwargs)
+
+
+def make_logger(kind: str, output: Path, name: str, group: str) -> Logger | bool:
+    """``wandb`` (offline, no account needed), ``wandb-online``, ``csv`` or ``none``."""
+    if kind not in LOGGERS:
+        raise ValueError(f"unknown logger {kind!r}; choose one of {list(LOGGERS)}")
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return CSVLogger(output / "logs", name=group, version=name)
+    return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=group, save_dir=str(output),
+                       offline=kind == "wandb", log_model=False)
+
+
+def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logger: Logger | bool,
+                 callbacks: list[L.Callback], progress: bool, checkpoint: bool) -> L.Trainer:
+    """A ``lightning.Trainer`` from the global ``trainer`` section updated with the stage's own."""
+    kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "enable_model_summary": False,
+                              "log_every_n_steps": 10, "num_sanity_val_steps": 0}
+    kwargs.update(config.get("trainer") or {})
+    kwargs.update(stage_trainer or {})
+    return L.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=progress,
+                     enable_checkpointing=checkpoint, **kwargs)

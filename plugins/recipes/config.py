@@ -1,0 +1,67 @@
+"""Recipe configuration: YAML files merged onto packaged defaults, plus ``--a.b VALUE`` overrides."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def default_config(recipe: str) -> dict[str, Any]:
+    """The packaged default configuration of ``recipe`` (the embedded digits data)."""
+    name = f"{recipe}_digits.yaml"
+    path = resources.files("fewlabel.plugins.recipes").joinpath("configs", name)
+    if not path.is_file():
+        raise ValueError(f"no packaged default config for recipe {recipe!r}")
+    return yaml.safe_load(path.read_text())
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(recipe: str, path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (``["data.root=PATH", ...]``).
+
+    Override values are parsed as YAML (``1`` is an int, ``[1, 5]`` a list, ``null`` None).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: An override is malformed or its value is not valid YAML.
+    """
+    config = default_config(recipe)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        config = merge(config, loaded)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} must look like 'section.key=value'")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from None
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return config

@@ -1,0 +1,73 @@
+"""Run one recipe stage as an ordinary ``Trainer.fit``: resumable, and skipped once finished."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+FINAL = "final.ckpt"
+LAST = "last.ckpt"
+INFO = "info.json"
+
+
+def load_weights(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
+    """Load a checkpoint's ``state_dict`` into ``module`` (the file is one this recipe wrote)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    return module
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (a crash never leaves a half-written file that looks finished)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def fit_stage(
+    stage_dir: Path,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    make_trainer: Any,
+    callbacks: list[L.Callback],
+) -> tuple[L.LightningModule, dict[str, Any], bool]:
+    """Fit ``module`` unless ``stage_dir`` already holds its final weights.
+
+    An interrupted stage resumes from ``stage_dir/last.ckpt`` (saved every epoch); a finished one
+    (``final.ckpt`` + ``info.json``) is loaded instead of recomputed.
+
+    Args:
+        stage_dir: The stage's folder.
+        module: A freshly built module; its weights are replaced by the stage's result.
+        datamodule: The data.
+        make_trainer: ``callable(callbacks) -> Trainer``.
+        callbacks: Stage callbacks (their ``state_dict`` is in the checkpoints).
+
+    Returns:
+        ``(module, info, reused)``: ``info`` holds the stage's logged metrics at the end of fit and
+        ``reused`` tells whether the result came from disk.
+    """
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final, info_path = stage_dir / FINAL, stage_dir / INFO
+    if final.exists() and info_path.exists():
+        return load_weights(module, final), json.loads(info_path.read_text()), True
+    checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                                 enable_version_counter=False)
+    trainer = make_trainer([*callbacks, checkpoint])
+    last = stage_dir / LAST
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    info = {"metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    if trainer.is_global_zero:
+        tmp = stage_dir / (FINAL + ".tmp")
+        torch.save({"state_dict": module.state_dict()}, tmp)
+        os.replace(tmp, final)
+        write_json(info_path, info)
+    trainer.strategy.barrier()
+    return module, info, False

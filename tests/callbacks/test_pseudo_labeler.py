@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import fewlabel.callbacks
+from fewlabel.callbacks import PseudoLabeler
+from fewlabel.plugins.clustering import clustering_metrics
+from fewlabel.plugins.modules.pseudo_labels import PseudoLabelMixin
+
+K, PER, DIM = 5, 20, 8
+
+
+class Blobs(Dataset):
+    """K separable Gaussian blobs, shuffled; ``target`` is the blob, ``label`` is -1 (unlabeled)."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        centers = rng.normal(0.0, 10.0, (K, DIM))
+        x = np.concatenate([c + rng.normal(0.0, 0.5, (PER, DIM)) for c in centers])
+        y = np.repeat(np.arange(K), PER)
+        perm = rng.permutation(len(y))
+        self.x = torch.tensor(x[perm], dtype=torch.float32)
+        self.y = torch.tensor(y[perm])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input": self.x[i], "label": torch.tensor(-1), "index": torch.tensor(i), "target": self.y[i]}
+
+
+class BlobDataModule(L.LightningDataModule):
+    num_classes = K
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = Blobs()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=25)
+
+    def unlabeled_dataloader(self, train: bool = True) -> DataLoader:
+        return DataLoader(self.data, batch_size=32, shuffle=train)
+
+
+class BoringPseudoModule(PseudoLabelMixin, L.LightningModule):
+    """A linear encoder (initialised to the identity) and a head trained on the pseudo-labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.init_pseudo_labels()
+        self.encoder = nn.Linear(DIM, DIM)
+        self.encoder.embed_dim = DIM
+        with torch.no_grad():
+            self.encoder.weight.copy_(torch.eye(DIM))
+            self.encoder.bias.zero_()
+        self.head = nn.Linear(DIM, K)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.head(self.encoder(batch["input"]))
+        labels = self.pseudo_labels[batch["index"]]
+        seen = labels >= 0
+        return nn.functional.cross_entropy(logits[seen], labels[seen]) if seen.any() else logits.sum() * 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class CountingPseudoLabeler(PseudoLabeler):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[int] = []
+
+    def run_clustering(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.calls.append(trainer.current_epoch)
+        super().run_clustering(trainer, pl_module)
+
+
+class RecordingLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append(dict(metrics))
+
+
+def make_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+    kwargs.setdefault("logger", False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def test_public_surface() -> None:
+    assert fewlabel.callbacks.__all__ == ["PseudoLabeler"]
+
+
+def test_labels_filled_and_metrics_logged() -> None:
+    L.seed_everything(0)
+    model, dm, logger = BoringPseudoModule(), BlobDataModule(), RecordingLogger()
+    cb = CountingPseudoLabeler(nredo=5)
+    make_trainer(1, [cb], logger=logger).fit(model, datamodule=dm)
+    assert cb.calls == [0] and cb.last_clustered_epoch == 0
+    labels = model.pseudo_labels.numpy()
+    assert labels.shape == (K * PER,) and labels.min() >= 0 and labels.max() < K
+    assert clustering_metrics(labels, dm.data.y.numpy())["nmi"] == pytest.approx(1.0)
+    assert cb.metrics["pseudo_labels/nmi"] == pytest.approx(1.0)
+    assert cb.metrics["pseudo_labels/accuracy"] == 1.0 and cb.metrics["pseudo_labels/ari"] == pytest.approx(1.0)
+    assert cb.metrics["pseudo_labels/cluster_size_min"] == PER == cb.metrics["pseudo_labels/cluster_size_max"]
+    assert cb.metrics["pseudo_labels/empty_clusters"] == 0
+    assert logger.logged == [cb.metrics]
+
+
+def test_teacher_is_frozen_and_unseen_samples_keep_minus_one() -> None:
+    dm = BlobDataModule()
+    model, teacher = BoringPseudoModule(), nn.Linear(DIM, DIM)
+    with torch.no_grad():
+        teacher.weight.copy_(2 * torch.eye(DIM))
+        teacher.bias.zero_()
+    seen = [i for i in range(K * PER) if i % 10]  # every 10th sample is never embedded
+    cb = PseudoLabeler(teacher=teacher, dataloader=lambda: DataLoader(dm.data, batch_size=16, sampler=seen), nredo=5)
+    make_trainer(1, [cb]).fit(model, datamodule=dm)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    labels = model.pseudo_labels.numpy()
+    assert labels.shape == (K * PER,)
+    assert (labels[::10] == -1).all() and (labels[seen] >= 0).all()
+    assert clustering_metrics(labels[seen], dm.data.y.numpy()[seen])["accuracy"] == 1.0
+
+
+def test_recluster_every_n_epochs() -> None:
+    cb = CountingPseudoLabeler(recluster_every_n_epochs=2, nredo=5)
+    make_trainer(5, [cb]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    assert cb.calls == [0, 2, 4]
+    once = CountingPseudoLabeler(nredo=5)
+    make_trainer(3, [once]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    assert once.calls == [0]
+
+
+@pytest.mark.parametrize(("stop", "resumed_calls"), [(3, []), (2, [2])])
+def test_stop_and_resume_matches_uninterrupted(tmp_path: Path, stop: int, resumed_calls: list[int]) -> None:
+    L.seed_everything(0)
+    full_model, full_cb = BoringPseudoModule(), CountingPseudoLabeler(recluster_every_n_epochs=2, nredo=5)
+    make_trainer(4, [full_cb]).fit(full_model, datamodule=BlobDataModule())
+    assert full_cb.calls == [0, 2]
+
+    L.seed_everything(0)
+    model, cb = BoringPseudoModule(), CountingPseudoLabeler(recluster_every_n_epochs=2, nredo=5)
+    first = make_trainer(stop, [cb])
+    first.fit(model, datamodule=BlobDataModule())
+    ckpt = tmp_path / "stop.ckpt"
+    first.save_checkpoint(ckpt)
+
+    resumed_model, resumed_cb = BoringPseudoModule(), CountingPseudoLabeler(recluster_every_n_epochs=2, nredo=5)
+    make_trainer(4, [resumed_cb]).fit(resumed_model, datamodule=BlobDataModule(), ckpt_path=ckpt)
+    assert resumed_cb.calls == resumed_calls  # only an epoch the uninterrupted run also reclustered
+    assert torch.equal(resumed_model.pseudo_labels, full_model.pseudo_labels)
+    assert resumed_cb.last_clustered_epoch == 2 and resumed_cb.metrics == full_cb.metrics
+    for a, b in zip(resumed_model.state_dict().values(), full_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_round_trip_reads_missing_keys() -> None:
+    cb = PseudoLabeler()
+    cb.load_state_dict({"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5}})
+    assert cb.state_dict() == {"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5}}
+    cb.load_state_dict({})
+    assert cb.state_dict() == {"last_clustered_epoch": None, "metrics": {}}
+
+
+def test_missing_pseudo_label_buffer_is_named() -> None:
+    class NoTable(BoringPseudoModule):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.pseudo_labels
+
+        def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+            return self.head(batch["input"]).sum()
+
+    with pytest.raises(AttributeError, match="`pseudo_labels` tensor buffer"):
+        make_trainer(1, [PseudoLabeler()]).fit(NoTable(), datamodule=BlobDataModule())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_clusters": 0}, "num_clusters must be an int >= 1 or None"),
+        ({"num_clusters": True}, "num_clusters must be"),
+        ({"pca_dim": -1}, "pca_dim must be an int >= 1 or None"),
+        ({"niter": 0}, "niter must be an int >= 1"),
+        ({"nredo": 0}, "nredo must be an int >= 1"),
+        ({"recluster_every_n_epochs": 0}, r"recluster_every_n_epochs must be an int >= 1 or None \(cluster once"),
+        ({"seed": 1.5}, "seed must be an int"),
+        ({"whiten": 1}, "whiten must be True or False"),
+        ({"teacher": "resnet"}, "teacher must be an nn.Module"),
+        ({"dataloader": 5}, "dataloader must be a DataLoader, a zero-argument callable"),
+        ({"label_key": ""}, "label_key must be a non-empty string"),
+    ],
+)
+def test_bad_kwargs(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PseudoLabeler(**kwargs)
+
+
+def test_k_larger_than_pool_and_missing_num_classes() -> None:
+    with pytest.raises(ValueError, match="num_clusters=1000 clusters from only 100 samples"):
+        make_trainer(1, [PseudoLabeler(num_clusters=1000)]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    data = Blobs()
+    cb = PseudoLabeler(dataloader=DataLoader(data, batch_size=50))
+    with pytest.raises(ValueError, match="num_classes"):
+        make_trainer(1, [cb]).fit(BoringPseudoModule(), train_dataloaders=DataLoader(data, batch_size=50))
