@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
+from fewlabel.callbacks.rng_state import RNGStateKeeper
 
-__all__ = ["PseudoLabeler"]
+__all__ = ["PseudoLabeler", "RNGStateKeeper"]

@@ -69,6 +69,8 @@ class Classifier(L.LightningModule):
         return self.head(self.encoder(x))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.hparams.freeze_encoder:
+            self.encoder.eval()  # Lightning may switch sub-modules to train mode directly
         (z,) = make_views(self.encoder, batch, self.augment, 1)
         with torch.set_grad_enabled(not self.hparams.freeze_encoder):
             emb = self.encoder.forward_embed(z) if hasattr(self.encoder, "forward_embed") else self.encoder(z)

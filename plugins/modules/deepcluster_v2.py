@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import faiss
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabel.plugins.clustering import kmeans
 from fewlabel.plugins.losses.deepcluster import deepcluster_v2_loss
 from fewlabel.plugins.modules.common import build_encoder, check_encoder, check_finite, make_views
 from fewlabel.plugins.modules.optim import build_optimizer, check_optimizer
@@ -137,11 +136,9 @@ class DeepClusterV2(L.LightningModule):
             bank = self.memory[h % self.hparams.num_views]
             centroids = torch.zeros(k, bank.shape[1])
             if self.trainer.is_global_zero:
-                x = np.ascontiguousarray(bank.float().cpu().numpy())
-                km = faiss.Kmeans(x.shape[1], k, niter=self.hparams.kmeans_iters, spherical=True,
-                                  seed=self.hparams.seed + 1000 * self.current_epoch + h, verbose=False)
-                km.train(x)
-                centroids = torch.from_numpy(km.centroids.copy())
+                _, c = kmeans(bank.float().cpu().numpy(), k, niter=self.hparams.kmeans_iters, spherical=True,
+                              seed=self.hparams.seed + 1000 * self.current_epoch + h)
+                centroids = torch.from_numpy(c)
             centroids = self.trainer.strategy.broadcast(centroids, src=0).to(bank.device)
             centroids = F.normalize(centroids, dim=1)
             getattr(self, f"prototypes_{h}").copy_(centroids)

@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from fewlabel.callbacks import RNGStateKeeper
+
 FINAL = "final.ckpt"
 LAST = "last.ckpt"
 INFO = "info.json"
@@ -59,7 +61,7 @@ def fit_stage(
         return load_weights(module, final), json.loads(info_path.read_text()), True
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                  enable_version_counter=False)
-    trainer = make_trainer([*callbacks, checkpoint])
+    trainer = make_trainer([*callbacks, RNGStateKeeper(), checkpoint])
     last = stage_dir / LAST
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

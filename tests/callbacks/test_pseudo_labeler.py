@@ -120,7 +120,7 @@ def make_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) ->
 
 
 def test_public_surface() -> None:
-    assert fewlabel.callbacks.__all__ == ["PseudoLabeler"]
+    assert "PseudoLabeler" in fewlabel.callbacks.__all__
 
 
 def test_labels_filled_and_metrics_logged() -> None:
