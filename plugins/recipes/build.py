@@ -30,14 +30,21 @@ def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
     return DATAMODULES[name](**kwargs)
 
 
-def make_logger(kind: str, output: Path, name: str, group: str) -> Logger | bool:
-    """``wandb`` (offline, no account needed), ``wandb-online``, ``csv`` or ``none``."""
+def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logger | bool = False,
+                prefix: str = "") -> Logger | bool:
+    """``wandb`` (offline, no account needed), ``wandb-online``, ``csv`` or ``none``.
+
+    With a wandb ``parent`` logger, the new logger writes into the parent's run under ``prefix``
+    (one wandb run for many short trainers instead of one each).
+    """
     if kind not in LOGGERS:
         raise ValueError(f"unknown logger {kind!r}; choose one of {list(LOGGERS)}")
     if kind == "none":
         return False
     if kind == "csv":
         return CSVLogger(output / "logs", name=group, version=name)
+    if isinstance(parent, WandbLogger):
+        return WandbLogger(experiment=parent.experiment, prefix=prefix, log_model=False)
     return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=group, save_dir=str(output),
                        offline=kind == "wandb", log_model=False)
 
@@ -51,3 +58,9 @@ def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logge
     kwargs.update(stage_trainer or {})
     return L.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=progress,
                      enable_checkpointing=checkpoint, **kwargs)
+
+
+def close_logger(logger: Logger | bool) -> None:
+    """Finish a wandb run so the next stage logs into a run of its own."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()

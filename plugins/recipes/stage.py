@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fewlabel.callbacks import RNGStateKeeper
+from fewlabel.plugins.recipes.build import close_logger
 
 FINAL = "final.ckpt"
 LAST = "last.ckpt"
@@ -71,5 +72,6 @@ def fit_stage(
         torch.save({"state_dict": module.state_dict()}, tmp)
         os.replace(tmp, final)
         write_json(info_path, info)
+    close_logger(trainer.logger)
     trainer.strategy.barrier()
     return module, info, False

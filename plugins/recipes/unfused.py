@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import yaml
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from fewlabel.callbacks import PseudoLabeler
@@ -30,7 +31,7 @@ from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.augment import create_augment
 from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
 from fewlabel.plugins.modules.common import build_encoder
-from fewlabel.plugins.recipes.build import make_datamodule, make_logger, make_trainer
+from fewlabel.plugins.recipes.build import close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
 from fewlabel.plugins.recipes.stage import fit_stage, write_json
 
@@ -99,14 +100,16 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
 
 
 def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
-                  encoder: nn.Module, k: int, seed: int, output: Path, logger: str) -> dict[str, Any]:
+                  encoder: nn.Module, k: int, seed: int, output: Path, logger: str,
+                  parent: Logger | bool) -> dict[str, Any]:
     dm.draw_labels(k, seed)
     dm.train_split = "labeled"
     L.seed_everything(seed, workers=True, verbose=False)
     module = Classifier(encoder, num_classes=dm.num_classes, augment=_augment(spec.get("augment")),
                         **spec.get("module", {}))
     trainer = make_trainer(config, {"check_val_every_n_epoch": 10**6, **spec.get("trainer", {})}, callbacks=[],
-                           logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune"),
+                           logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune",
+                                              parent=parent, prefix=f"{method}/lpc{k}/seed{seed}"),
                            progress=False, checkpoint=False)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -126,7 +129,8 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
     runs = [(m, k, s) for m in methods for k in cfg["labels_per_class"] for s in cfg["seeds"]]
     _say(f"stage 4/4 fine-tune: {len(methods)} methods x {len(cfg['labels_per_class'])} budgets x "
          f"{len(cfg['seeds'])} label draws = {len(runs)} runs")
-    results = []
+    results: list[dict[str, Any]] = []
+    parent = make_logger(logger, output, "finetune", "unfused") if logger.startswith("wandb") else False
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # 45 runs: keep the console readable
     for i, (method, k, seed) in enumerate(runs, 1):
         path = output / "finetune" / method / f"lpc{k}_seed{seed}.json"
@@ -138,12 +142,16 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
         if source not in ENCODER_SOURCES:
             raise ValueError(f"finetune.methods.{method}.encoder_from must be one of {ENCODER_SOURCES}, got {source!r}")
         encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
-        row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger)
+        row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, row)
         results.append(row)
         _say(f"  [{i}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
              f"test accuracy {row['test_accuracy']:.4f}")
+    if isinstance(parent, Logger):
+        parent.log_metrics({f"{r['method']}/lpc{r['labels_per_class']}/accuracy_mean": r["accuracy_mean"]
+                            for r in summarise(results)})
+        close_logger(parent)
     return results
 
 

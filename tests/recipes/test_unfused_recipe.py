@@ -1,0 +1,119 @@
+"""The UnFuSeD recipe end to end on the digits data (tiny epochs), its CLI, config and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fewlabel.plugins.recipes import load_config, run_unfused
+from fewlabel.plugins.recipes.cli import main
+
+TINY = [
+    "teacher.encoder.width=4", "teacher.module.hidden_dim=32", "teacher.module.feat_dim=16",
+    "teacher.trainer.max_epochs=3", "student.encoder.width=4", "student.module.aux_hidden_dim=16",
+    "student.trainer.max_epochs=2", "finetune.labels_per_class=[1, 2]", "finetune.seeds=[0, 1]",
+    "finetune.trainer.max_epochs=3",
+]
+
+
+def tiny_config(**extra: Any) -> dict[str, Any]:
+    return load_config("unfused", overrides=TINY + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = run_unfused(tiny_config(), tmp_path, logger="csv")
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["recipe"] == "unfused" and written["dataset"] == "digits"
+    rows = {(r["method"], r["labels_per_class"]): r for r in written["rows"]}
+    assert set(rows) == {(m, k) for m in ("supervised", "ssl+finetune", "unfused") for k in (1, 2)}
+    for row in rows.values():
+        assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["accuracy_std"] >= 0.0 and row["num_draws"] == 2
+        assert row["params"] > 0
+    assert rows[("unfused", 1)]["params"] == rows[("supervised", 1)]["params"]  # same student architecture
+    assert 0.0 <= written["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
+    assert len(written["runs"]) == 12 and results["rows"] == written["rows"]
+    assert "method" in capsys.readouterr().out  # the printed table
+
+    teacher_mtime = (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns
+    again = run_unfused(tiny_config(), tmp_path, logger="csv")
+    out = capsys.readouterr().out
+    assert "reused the finished teacher" in out and "reused the finished student" in out
+    assert (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns == teacher_mtime
+    assert again["rows"] == written["rows"]
+
+
+def test_interrupted_stage_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewlabel.plugins.recipes import build
+
+    config = tiny_config(**{"finetune.labels_per_class": "[1]", "finetune.seeds": "[0]"})
+    run_unfused(config, tmp_path / "full", logger="none")
+
+    original = build.make_trainer
+
+    class Crash(Exception):
+        pass
+
+    def crashing_trainer(*args: Any, **kwargs: Any) -> Any:
+        import lightning as L
+
+        class CrashAtEpoch2(L.Callback):
+            def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+                if trainer.current_epoch == 2:
+                    raise Crash("simulated crash in the teacher stage")
+
+        kwargs["callbacks"] = [*kwargs["callbacks"], CrashAtEpoch2()]
+        return original(*args, **kwargs)
+
+    import fewlabel.plugins.recipes.unfused as unfused
+
+    monkeypatch.setattr(unfused, "make_trainer", crashing_trainer)
+    with pytest.raises(Crash):
+        run_unfused(config, tmp_path / "part", logger="none")
+    assert (tmp_path / "part" / "teacher" / "last.ckpt").exists()
+    assert not (tmp_path / "part" / "teacher" / "final.ckpt").exists()
+    monkeypatch.setattr(unfused, "make_trainer", original)
+    resumed = run_unfused(config, tmp_path / "part", logger="none")
+
+    full_teacher = torch.load(tmp_path / "full" / "teacher" / "final.ckpt", weights_only=False)["state_dict"]
+    part_teacher = torch.load(tmp_path / "part" / "teacher" / "final.ckpt", weights_only=False)["state_dict"]
+    for name, value in full_teacher.items():
+        assert torch.allclose(value.float(), part_teacher[name].float(), atol=1e-5), name
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert [r["test_accuracy"] for r in resumed["runs"]] == pytest.approx([r["test_accuracy"] for r in full["runs"]],
+                                                                          abs=1e-6)
+
+
+def test_config_overrides_and_errors(tmp_path: Path) -> None:
+    config = load_config("unfused", overrides=["data.root=/x", "finetune.seeds=[0, 3]", "new.key=null"])
+    assert config["data"]["root"] == "/x" and config["finetune"]["seeds"] == [0, 3] and config["new"]["key"] is None
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  trainer: {max_epochs: 7}\n")
+    merged = load_config("unfused", path)
+    assert merged["teacher"]["trainer"]["max_epochs"] == 7
+    assert merged["teacher"]["encoder"]["name"] == "small_cnn"  # defaults kept
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config("unfused", tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config("unfused", overrides=["novalue"])
+    with pytest.raises(ValueError, match="no packaged default"):
+        load_config("other")
+
+
+def test_cli_reports_bad_arguments_clearly(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unrecognised argument"):
+        main(["run", "unfused", "--output", str(tmp_path), "stray"])
+    with pytest.raises(SystemExit, match="needs a value"):
+        main(["run", "unfused", "--output", str(tmp_path), "--data.root"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["run", "unfused", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_unknown_data_and_missing_root_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        run_unfused(tiny_config(**{"data.name": "mnist"}), tmp_path, logger="none")
+    with pytest.raises(ValueError, match="needs data.root"):
+        run_unfused(tiny_config(**{"data.name": "audio_folder"}), tmp_path, logger="none")
