@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from fewlabel.plugins.clustering import cluster_embeddings, clustering_metrics
+from fewlabel.plugins.distributed import shard_dataloader
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
 
 __all__ = ["PseudoLabeler"]
@@ -151,7 +152,7 @@ class PseudoLabeler(L.Callback):
     def run_clustering(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Embed the pool, cluster on rank 0, broadcast, and write ``pl_module.pseudo_labels``."""
         k = self._num_clusters(trainer)
-        loader = self._resolve_dataloader(trainer)
+        loader = shard_dataloader(self._resolve_dataloader(trainer), trainer.world_size, trainer.global_rank)
         encoder = self.teacher if self.teacher is not None else pl_module.encoder
         if self.teacher is not None:
             self.teacher.to(pl_module.device).requires_grad_(False).eval()

@@ -9,7 +9,7 @@ k-means with 20 iterations. :func:`clustering_metrics` scores a clustering again
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,26 +38,62 @@ class ClusterResult:
         centroids: ``(k, D')`` float32 centroids in the space that was clustered (after PCA).
         sizes: ``(k,)`` int64 number of rows per cluster.
         num_empty: number of clusters with no row.
+        inertia: k-means objective, the sum over all ``N`` rows of the squared L2 distance to the
+            assigned centroid in the clustered space.
     """
 
     labels: np.ndarray
     centroids: np.ndarray
     sizes: np.ndarray
     num_empty: int
+    inertia: float = float("nan")
 
 
-def _as_float32_matrix(x: Any, name: str = "x") -> np.ndarray:
-    """Validate ``x`` and return it as the contiguous float32 ``(N, D)`` array faiss needs."""
-    x = np.asarray(x)
+# Rows are streamed in chunks of about this many bytes of float32 (32,768 rows of 128 dims): every
+# temporary is chunk-sized, so the extra memory stays bounded whatever N is.
+CHUNK_BYTES = 16 << 20
+# PCA statistics come from at most this many rows (a seeded sample beyond), as faiss' PCAMatrix does.
+PCA_MAX_POINTS = 262_144
+# Whitening drops components whose variance is at most this fraction of the largest one.
+EIG_RTOL = 1e-5
+
+
+def _chunk_rows(d: int, chunk_size: int | None) -> int:
+    if chunk_size is None:
+        return max(256, CHUNK_BYTES // (4 * d))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1 (rows) or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _as_matrix(x: Any, name: str = "x", chunk_size: int | None = None) -> np.ndarray:
+    """Validate ``x`` as a finite ``(N, D)`` array without copying it (float16, float64 and memmaps stay).
+
+    The non-finite count is taken chunk by chunk after casting to float32, the type faiss sees.
+    """
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bad = int((~np.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{name} has {bad} non-finite values (NaN/inf, after casting to float32)")
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.dtype.kind == "f":
+        rows, bad = _chunk_rows(x.shape[1], chunk_size), 0
+        for a in range(0, x.shape[0], rows):
+            block = np.asarray(x[a : a + rows], dtype=np.float32)
+            bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+        if bad:
+            raise ValueError(f"{name} has {bad} non-finite values (NaN/inf, after casting to float32)")
     return x
+
+
+def _read(x: np.ndarray, a: int, b: int, sample: np.ndarray | None, fresh: bool) -> np.ndarray:
+    """Rows ``a:b`` (of ``sample`` when given) as C-contiguous float32; ``fresh`` = never a view of ``x``."""
+    block = np.asarray(x[a:b] if sample is None else x[sample[a:b]])
+    if block.dtype == np.float32 and block.flags.c_contiguous:
+        return block.copy() if fresh and sample is None else block
+    return np.array(block, dtype=np.float32, order="C")
 
 
 def _check_k(k: int, n: int) -> None:
@@ -67,45 +103,110 @@ def _check_k(k: int, n: int) -> None:
         raise ValueError(f"cannot make k={k} clusters from only N={n} samples (need k <= N)")
 
 
-def pca_whiten(x: Any, dim: int, eigen_power: float = -0.5) -> np.ndarray:
-    """Project ``x`` on its top principal components with faiss ``PCAMatrix``.
+@dataclass(frozen=True)
+class _Projection:
+    """``y = (x - mean) @ matrix``; the whitening scale is folded into ``matrix``."""
 
-    The output dimension is ``min(dim, D, N - 1)``: PCA cannot produce more components than the
-    input has, and ``N`` centred points span at most ``N - 1`` directions (whitening a zero-variance
-    direction would divide by zero). Each component is scaled by ``variance ** eigen_power``:
-    ``-0.5`` whitens (unit variance, decorrelated), ``0`` is plain PCA. faiss scales by the
-    eigenvalues of the unnormalised scatter matrix; the result is rescaled by ``N ** -eigen_power``
-    so that whitened components have unit variance. This is a global factor, so after L2
-    normalisation it equals DeepCluster's ``preprocess_features``.
+    mean: np.ndarray  # (D,) float32
+    matrix: np.ndarray  # (D, m) float32
+
+    def apply(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Project a fresh float32 block (centred in place) into ``out`` or a new array."""
+        block -= self.mean
+        return np.matmul(block, self.matrix, out=out)
+
+
+def _fit_projection(
+    x: np.ndarray, dim: int, eigen_power: float, *, rows: int, seed: int, max_points: int, eig_rtol: float
+) -> _Projection:
+    n, d = x.shape
+    sample = None
+    if n > max_points:
+        sample = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    m = n if sample is None else sample.shape[0]
+    total = np.zeros(d, dtype=np.float64)
+    for a in range(0, m, rows):
+        total += _read(x, a, a + rows, sample, fresh=False).sum(axis=0, dtype=np.float64)
+    mean = (total / m).astype(np.float32)
+    cov = np.zeros((d, d), dtype=np.float64)
+    for a in range(0, m, rows):  # two passes: centring first keeps the float32 products accurate
+        block = _read(x, a, a + rows, sample, fresh=True)
+        block -= mean
+        cov += block.T @ block
+    eigval, eigvec = np.linalg.eigh(cov / m)
+    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # descending
+    out_dim = int(min(dim, d, n - 1))
+    if eigen_power < 0:
+        if not eigval[0] > 0:
+            raise ValueError(
+                "PCA whitening needs variance, but all rows are equal: the data span fewer than 1 direction; "
+                "disable whitening (pca_dim=None or whiten=False)"
+            )
+        out_dim = int(np.count_nonzero(eigval[:out_dim] > eig_rtol * eigval[0]))
+    scale = np.maximum(eigval[:out_dim], 0.0) ** eigen_power if eigen_power else np.ones(out_dim)
+    matrix = np.ascontiguousarray(eigvec[:, :out_dim] * scale, dtype=np.float32)
+    return _Projection(mean=mean, matrix=matrix)
+
+
+def pca_whiten(
+    x: Any,
+    dim: int,
+    eigen_power: float = -0.5,
+    *,
+    eig_rtol: float = EIG_RTOL,
+    max_points: int = PCA_MAX_POINTS,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Project ``x`` on its top principal components, scaled by ``variance ** eigen_power``.
+
+    ``-0.5`` whitens (unit variance, decorrelated: DeepCluster's ``preprocess_features``), ``0`` is
+    plain PCA. The mean and covariance come from ``x`` (a seeded sample of ``max_points`` rows when
+    larger, as faiss' ``PCAMatrix`` subsamples) in two chunked passes; the eigenvectors of the
+    ``D x D`` covariance give the components. The output is written chunk by chunk into one
+    preallocated array, so the only full-size allocation is the result; ``x`` may be float16/32/64
+    or a memmap and is never copied whole.
+
+    The output dimension is at most ``min(dim, D, N - 1)``. When whitening (``eigen_power < 0``),
+    components whose variance is at most ``eig_rtol`` times the largest (constant or duplicated
+    embedding dimensions, fewer points than dimensions) are dropped instead of being divided by
+    ~0, so the output may have fewer columns than requested.
 
     Args:
         x: ``(N, D)`` data, ``N >= 2``.
         dim: requested output dimension (``>= 1``).
         eigen_power: power of the eigenvalues applied to each component.
+        eig_rtol: relative variance below which a component is dropped when whitening.
+        max_points: rows used to estimate the mean and covariance.
+        seed: seed of that sample (unused when ``N <= max_points``).
+        chunk_size: rows per chunk; ``None`` = about 16 MiB of float32.
 
     Returns:
-        ``(N, min(dim, D, N - 1))`` float32 C-contiguous array.
+        ``(N, m)`` float32 C-contiguous array, ``m <= min(dim, D, N - 1)``.
 
     Raises:
-        ValueError: bad shape, non-finite values, ``dim < 1``, ``N < 2``, or a whitened output
-            that is not finite (the data span fewer directions than requested).
+        ValueError: bad shape, non-finite values, ``dim < 1``, ``N < 2``, or whitening data whose
+            rows are all equal (no direction has variance).
+
+    Example:
+        >>> x = np.c_[np.random.default_rng(0).normal(size=(100, 3)), np.ones(100)]  # a constant column
+        >>> pca_whiten(x, 128).shape
+        (100, 3)
     """
-    x = _as_float32_matrix(x)
+    x = _as_matrix(x, chunk_size=chunk_size)
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ValueError(f"pca dim must be an integer >= 1, got {dim!r}")
     n, d = x.shape
     if n < 2:
         raise ValueError(f"PCA needs at least 2 samples, got N={n}")
-    out_dim = int(min(dim, d, n - 1))
-    pca = faiss.PCAMatrix(d, out_dim, float(eigen_power))
-    pca.train(x)
-    y = pca.apply(x) * np.float32(n ** (-eigen_power))
-    if not np.isfinite(y).all():
-        raise ValueError(
-            f"PCA with eigen_power={eigen_power} gave non-finite values: the data span fewer than {out_dim} "
-            "directions (duplicate or collapsed embeddings?); lower the PCA dim or disable whitening"
-        )
-    return np.ascontiguousarray(y, dtype=np.float32)
+    rows = _chunk_rows(d, chunk_size)
+    proj = _fit_projection(
+        x, dim, float(eigen_power), rows=rows, seed=seed, max_points=int(max_points), eig_rtol=eig_rtol
+    )
+    out = np.empty((n, proj.matrix.shape[1]), dtype=np.float32)
+    for a in range(0, n, rows):
+        proj.apply(_read(x, a, a + rows, None, fresh=True), out=out[a : a + rows])
+    return out
 
 
 # Below this much work (rows x clusters x dims) faiss' OpenMP threads cost more than they save: on a
@@ -127,6 +228,95 @@ def faiss_threads(work: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
+def _num_gpus(use_gpu: bool | None, work: int) -> int:
+    """GPUs faiss should use: ``None`` = all when faiss has GPU support, a GPU is present and the work is large."""
+    available = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu is None:
+        return available if work >= SINGLE_THREAD_WORK else 0
+    if use_gpu and available == 0:
+        raise RuntimeError(
+            "use_gpu=True, but faiss sees no GPU (faiss.get_num_gpus() == 0: a faiss-cpu build or no visible "
+            "device); install faiss-gpu on a GPU machine, or pass use_gpu=None (auto) or False"
+        )
+    return available if use_gpu else 0
+
+
+_Transform = Callable[[np.ndarray, 'np.ndarray | None'], np.ndarray]
+
+
+def _kmeans(
+    x: np.ndarray,
+    k: int,
+    transform: _Transform | None,
+    dim: int,
+    *,
+    niter: int,
+    seed: int,
+    spherical: bool,
+    nredo: int,
+    max_points_per_centroid: int,
+    use_gpu: bool | None,
+    chunk_size: int | None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Train on a seeded sample of ``k * max_points_per_centroid`` rows, then assign all rows in chunks.
+
+    ``transform(block, out)`` maps a fresh float32 chunk of ``x`` to the clustered space (``dim``
+    columns), written into ``out`` when given (else returned); ``None`` clusters ``x`` itself.
+    """
+    if niter < 1 or nredo < 1 or max_points_per_centroid < 1:
+        raise ValueError(
+            f"niter, nredo and max_points_per_centroid must be >= 1, got niter={niter}, nredo={nredo}, "
+            f"max_points_per_centroid={max_points_per_centroid}"
+        )
+    n = x.shape[0]
+    rows = _chunk_rows(max(x.shape[1], dim), chunk_size)
+    n_train = int(min(n, int(k) * int(max_points_per_centroid)))
+    sample = None if n_train == n else np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
+    if transform is None and sample is None:
+        train = np.ascontiguousarray(x, dtype=np.float32)  # no copy for float32 input
+    else:
+        train = np.empty((n_train, dim), dtype=np.float32)
+        for a in range(0, n_train, rows):
+            block = _read(x, a, a + rows, sample, fresh=transform is not None)
+            if transform is None:
+                train[a : a + rows] = block
+            else:
+                transform(block, train[a : a + rows])
+    ngpu = _num_gpus(use_gpu, n * int(k) * dim)
+    km = faiss.Kmeans(
+        dim,
+        int(k),
+        niter=int(niter),
+        seed=int(seed),
+        spherical=bool(spherical),
+        nredo=int(nredo),
+        max_points_per_centroid=int(max_points_per_centroid),
+        min_points_per_centroid=1,  # small pools are legitimate here; silences faiss' warning
+        verbose=False,
+        gpu=ngpu if ngpu else False,
+    )
+    centroids_sq = None
+    labels = np.empty(n, dtype=np.int64)
+    inertia = 0.0
+    with faiss_threads(n * int(k) * dim if not ngpu else SINGLE_THREAD_WORK):
+        km.train(train)
+        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        if spherical:  # IndexFlatIP returns inner products; report squared L2 distances
+            centroids_sq = np.einsum("ij,ij->i", centroids, centroids)
+        for a in range(0, n, rows):
+            if sample is None:  # the training rows are all the rows, already transformed
+                block = train[a : a + rows]
+            else:
+                block = _read(x, a, a + rows, None, fresh=transform is not None)
+                block = block if transform is None else transform(block, None)
+            dist, assign = km.index.search(block, 1)
+            labels[a : a + rows] = assign[:, 0]
+            if centroids_sq is not None:
+                dist = np.einsum("ij,ij->i", block, block) + centroids_sq[assign[:, 0]] - 2.0 * dist[:, 0]
+            inertia += float(np.sum(dist, dtype=np.float64))
+    return labels, centroids, inertia
+
+
 def kmeans(
     x: Any,
     k: int,
@@ -136,45 +326,45 @@ def kmeans(
     spherical: bool = False,
     nredo: int = 1,
     max_points_per_centroid: int = 256,
+    use_gpu: bool | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means with ``faiss.Kmeans``; each row is then assigned to its nearest centroid.
+    """k-means with ``faiss.Kmeans``; every row is then assigned to its nearest centroid.
+
+    Scales to millions of rows: faiss trains on a seeded sample of at most
+    ``k * max_points_per_centroid`` rows, then all rows are assigned chunk by chunk through the
+    faiss index, so the extra memory is the sample plus a chunk (none for float32 input of at most
+    that many rows, which is clustered in place).
 
     Args:
-        x: ``(N, D)`` data.
+        x: ``(N, D)`` data (float16/32/64, or a memmap; read in chunks).
         k: number of clusters, ``1 <= k <= N``.
         niter: Lloyd iterations.
-        seed: faiss seed (initialisation and subsampling); a seed gives the same result.
+        seed: seed of the training sample and of faiss' initialisation; a seed gives the same result.
         spherical: normalise centroids to unit norm after each iteration (inner-product assignment).
         nredo: runs from different random initialisations; the one with the lowest objective is kept.
             faiss initialises with ``k`` random rows, so for small ``k`` a single run often merges
             two clusters; ``1`` matches DeepCluster / UnFuSeD.
         max_points_per_centroid: faiss trains on at most ``k * max_points_per_centroid`` sampled rows.
+        use_gpu: ``None`` = faiss GPU when faiss has GPU support, a GPU is present and the problem is
+            not tiny; ``True`` = GPU or an error; ``False`` = CPU.
+        chunk_size: rows per assignment chunk; ``None`` = about 16 MiB of float32. The labels do not
+            depend on it.
 
     Returns:
         ``(labels, centroids)``: int64 ``(N,)`` and float32 ``(k, D)``.
 
     Raises:
         ValueError: bad input (see :func:`cluster_embeddings`), ``k`` outside ``[1, N]``, ``niter < 1``.
+        RuntimeError: ``use_gpu=True`` but faiss sees no GPU.
     """
-    x = _as_float32_matrix(x)
+    x = _as_matrix(x, chunk_size=chunk_size)
     _check_k(k, x.shape[0])
-    if niter < 1 or nredo < 1:
-        raise ValueError(f"niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
-    km = faiss.Kmeans(
-        x.shape[1],
-        int(k),
-        niter=int(niter),
-        seed=int(seed),
-        spherical=bool(spherical),
-        nredo=int(nredo),
-        max_points_per_centroid=int(max_points_per_centroid),
-        min_points_per_centroid=1,  # small pools are legitimate here; silences faiss' warning
-        verbose=False,
+    labels, centroids, _ = _kmeans(
+        x, k, None, x.shape[1], niter=niter, seed=seed, spherical=spherical, nredo=nredo,
+        max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu, chunk_size=chunk_size,
     )
-    with faiss_threads(x.shape[0] * int(k) * x.shape[1]):
-        km.train(x)
-        _, assign = km.index.search(x, 1)
-    return assign.reshape(-1).astype(np.int64), np.ascontiguousarray(km.centroids, dtype=np.float32)
+    return labels, centroids
 
 
 def cluster_embeddings(
@@ -187,20 +377,35 @@ def cluster_embeddings(
     niter: int = 20,
     nredo: int = 1,
     seed: int = 0,
+    spherical: bool = False,
+    max_points_per_centroid: int = 256,
+    use_gpu: bool | None = None,
+    chunk_size: int | None = None,
 ) -> ClusterResult:
     """Pseudo-label embeddings: PCA (+ whitening) -> L2 normalisation -> k-means.
 
     The stage-2 pipeline of UnFuSeD (arXiv 2303.05668), after DeepCluster (arXiv 1807.05520).
+    Built for millions of rows: PCA statistics come from at most :data:`PCA_MAX_POINTS` rows,
+    k-means trains on a seeded sample of ``k * max_points_per_centroid`` transformed rows, and
+    every row is then projected, normalised and assigned chunk by chunk. The transformed matrix
+    is never materialised: beyond ``x`` itself, memory holds the training sample, a chunk and the
+    ``(N,)`` labels. ``x`` may be float16 or a memmap (e.g. from
+    :func:`~fewlabel.plugins.gather.gather_embeddings` with a float16 or disk buffer).
 
     Args:
         x: ``(N, D)`` embeddings.
         k: number of clusters, ``1 <= k <= N``.
-        pca_dim: PCA output dimension (reduced as in :func:`pca_whiten`); ``None`` skips PCA.
+        pca_dim: PCA output dimension (reduced as in :func:`pca_whiten`, whose zero-variance
+            components are dropped when whitening); ``None`` skips PCA.
         whiten: whiten the PCA components (eigen power -0.5) instead of plain PCA.
-        l2_normalize: L2-normalise rows (``faiss.normalize_L2``) before k-means.
+        l2_normalize: L2-normalise rows (``faiss.normalize_L2``, in place on each chunk) before k-means.
         niter: k-means iterations.
         nredo: k-means restarts, the best objective is kept (see :func:`kmeans`).
-        seed: k-means seed.
+        seed: seed of the PCA and k-means samples and of the k-means initialisation.
+        spherical: spherical k-means (unit-norm centroids, inner-product assignment).
+        max_points_per_centroid: k-means trains on at most ``k * max_points_per_centroid`` rows.
+        use_gpu: faiss GPU switch, see :func:`kmeans` (``None`` = auto; CPU without a GPU).
+        chunk_size: rows per chunk; ``None`` = about 16 MiB of float32.
 
     Note:
         Whitening gives every kept component unit variance, noise directions included. When
@@ -209,11 +414,12 @@ def cluster_embeddings(
         spectrum decays, are clustered in fewer dimensions than they have.
 
     Returns:
-        A :class:`ClusterResult`.
+        A :class:`ClusterResult`; ``num_empty`` counts clusters that got no row in the final assignment.
 
     Raises:
         ValueError: non-2-D or empty input, non-finite values (with their count), ``k < 1`` or
             ``k > N`` (with both numbers).
+        RuntimeError: ``use_gpu=True`` but faiss sees no GPU.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -222,16 +428,41 @@ def cluster_embeddings(
         >>> sorted(res.sizes.tolist())
         [20, 20]
     """
-    x = _as_float32_matrix(x)
-    _check_k(k, x.shape[0])
+    x = _as_matrix(x, chunk_size=chunk_size)
+    n, d = x.shape
+    _check_k(k, n)
+    proj = None
     if pca_dim is not None:
-        x = pca_whiten(x, pca_dim, eigen_power=-0.5 if whiten else 0.0)
-    if l2_normalize:
-        x = x.copy()  # normalize_L2 works in place
-        faiss.normalize_L2(x)
-    labels, centroids = kmeans(x, k, niter=niter, nredo=nredo, seed=seed)
+        if isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer)) or pca_dim < 1:
+            raise ValueError(f"pca dim must be an integer >= 1, got {pca_dim!r}")
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 samples, got N={n}")
+        proj = _fit_projection(
+            x, pca_dim, -0.5 if whiten else 0.0, rows=_chunk_rows(d, chunk_size), seed=seed,
+            max_points=PCA_MAX_POINTS, eig_rtol=EIG_RTOL,
+        )
+
+    def transform(block: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        if proj is not None:
+            out = proj.apply(block, out=out)
+        elif out is not None:
+            out[...] = block
+        else:
+            out = block
+        if l2_normalize:
+            faiss.normalize_L2(out)
+        return out
+
+    dim = d if proj is None else proj.matrix.shape[1]
+    labels, centroids, inertia = _kmeans(
+        x, k, None if proj is None and not l2_normalize else transform, dim, niter=niter, seed=seed,
+        spherical=spherical, nredo=nredo, max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu,
+        chunk_size=chunk_size,
+    )
     sizes = np.bincount(labels, minlength=k).astype(np.int64)
-    return ClusterResult(labels=labels, centroids=centroids, sizes=sizes, num_empty=int((sizes == 0).sum()))
+    return ClusterResult(
+        labels=labels, centroids=centroids, sizes=sizes, num_empty=int((sizes == 0).sum()), inertia=inertia
+    )
 
 
 def clustering_metrics(pred: Any, true: Any) -> dict[str, float]:

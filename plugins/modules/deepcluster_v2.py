@@ -24,11 +24,12 @@ class DeepClusterV2(L.LightningModule):
     """Spherical k-means prototypes each epoch + cross-entropy on the assignments.
 
     A memory bank keeps the latest projected, L2-normalised embedding of every sample for each
-    view. At the start of every epoch (after the first) each prototype head runs faiss spherical
-    k-means on one view's bank, its prototypes are set to the centroids, and every sample gets the
-    index of its nearest centroid. Training then minimises ``CE(cos(z, prototypes) / T, assignment)``
-    for all views. The first epoch only fills the bank (no gradient step), as SwAV's
-    ``init_memory`` does. Prototypes are fixed between clusterings.
+    view; before the first epoch one pass over the data fills it (SwAV's ``init_memory``). At the
+    start of every epoch each prototype head runs faiss spherical k-means on one view's bank, its
+    prototypes are set to the centroids, and every sample gets the index of its nearest centroid.
+    Training then minimises ``CE(cos(z, prototypes) / T, assignment)`` for all views. Prototypes are
+    fixed between clusterings. In multi-process runs every step's projections are all-gathered so
+    each rank holds the whole bank, and k-means runs on rank 0 and is broadcast.
 
     Args:
         encoder: A fewlabel encoder (``nn.Module``) or a registry spec ``{"name": ..., **kwargs}``.
@@ -104,14 +105,11 @@ class DeepClusterV2(L.LightningModule):
             index = self.all_gather(index).reshape(-1)
         return z, index
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         index = batch["index"]
         views = make_views(self.encoder, batch, self.augment, self.hparams.num_views)
         z = self.project(torch.cat(views)).view(len(views), -1, self.hparams.feat_dim)
-        bank_z, bank_index = self._sync(z.detach().transpose(0, 1), index)
-        self.memory[:, bank_index] = bank_z.transpose(0, 1).to(self.memory.dtype)
-        if not bool(self.memory_ready):
-            return None  # first epoch: fill the memory bank only
+        self._remember(z.detach(), index)
         scores, targets = [], []
         for h in range(len(self.num_prototypes)):
             protos = getattr(self, f"prototypes_{h}")
@@ -122,12 +120,29 @@ class DeepClusterV2(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        self.memory_ready.fill_(True)
+    def _remember(self, z: Tensor, index: Tensor) -> None:
+        """Write ``(views, B, feat_dim)`` projections into the memory bank (gathered from all ranks)."""
+        bank_z, bank_index = self._sync(z.transpose(0, 1), index)
+        self.memory[:, bank_index] = bank_z.transpose(0, 1).to(self.memory.dtype)
 
     def on_train_epoch_start(self) -> None:
-        if bool(self.memory_ready):
-            self.cluster_memory()
+        if not bool(self.memory_ready):
+            self.init_memory()
+        self.cluster_memory()
+
+    @torch.no_grad()
+    def init_memory(self) -> None:
+        """Fill the memory bank with one pass over the training data before the first epoch (SwAV's
+        ``init_memory``); the encoder runs in eval mode so BatchNorm statistics are left alone."""
+        was_training = self.training
+        self.eval()
+        for batch in self.trainer.train_dataloader:
+            batch = self.trainer.strategy.batch_to_device(batch)
+            views = make_views(self.encoder, batch, self.augment, self.hparams.num_views)
+            z = self.project(torch.cat(views)).view(len(views), -1, self.hparams.feat_dim)
+            self._remember(z, batch["index"])
+        self.train(was_training)
+        self.memory_ready.fill_(True)
 
     @torch.no_grad()
     def cluster_memory(self) -> None:

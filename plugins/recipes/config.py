@@ -20,11 +20,17 @@ def default_config(recipe: str) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    """Recursively merge ``update`` into a copy of ``base``.
+
+    Mappings merge key by key, except that a mapping naming a different component (another
+    ``name``, e.g. a new encoder or augmentation) replaces the old one whole, so that the old
+    component's keyword arguments do not leak into the new one. Everything else replaces.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
+            out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out

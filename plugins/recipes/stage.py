@@ -64,7 +64,10 @@ def fit_stage(
                                  enable_version_counter=False)
     trainer = make_trainer([*callbacks, RNGStateKeeper(), checkpoint])
     last = stage_dir / LAST
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"stage {stage_dir.name!r}: {err}") from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     info = {"metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
     if trainer.is_global_zero:

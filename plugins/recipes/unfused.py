@@ -24,6 +24,7 @@ import lightning as L
 import numpy as np
 import yaml
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from fewlabel.callbacks import PseudoLabeler
@@ -43,8 +44,13 @@ def _augment(spec: dict[str, Any] | None) -> nn.Module | None:
     return create_augment(spec.pop("name", None), **spec)
 
 
+@rank_zero_only
 def _say(message: str) -> None:
     print(f"[fewlabel] {message}", flush=True)
+
+
+def _is_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> DeepClusterV2:
@@ -92,7 +98,7 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
     else:
         metrics = {k: float(v) for k, v in labeler.metrics.items()}
         info["pseudo_labels"] = metrics
-        if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        if _is_rank_zero():
             write_json(output / "student" / "info.json", info)
     if metrics:
         _say("  pseudo-labels vs hidden true labels: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
@@ -143,8 +149,9 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
             raise ValueError(f"finetune.methods.{method}.encoder_from must be one of {ENCODER_SOURCES}, got {source!r}")
         encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
         row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, row)
+        if _is_rank_zero():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, row)
         results.append(row)
         _say(f"  [{i}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
              f"test accuracy {row['test_accuracy']:.4f}")
@@ -193,7 +200,8 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     runs = run_finetune(config, dm, {"teacher": teacher.encoder, "student": student.encoder}, output, logger)
     results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
                "pseudo_labels": pseudo_metrics, "runs": runs, "seconds": time.perf_counter() - start}
-    write_json(output / "results.json", results)
-    print(format_table(results["rows"]), flush=True)
+    if _is_rank_zero():
+        write_json(output / "results.json", results)
+        print(format_table(results["rows"]), flush=True)
     _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
     return results

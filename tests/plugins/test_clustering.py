@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import faiss
 import numpy as np
 import pytest
+
+import fewlabel.plugins.clustering as clustering_module
 
 from fewlabel.plugins.clustering import (
     ClusterResult,
@@ -113,3 +117,125 @@ def test_metrics_hand_computed() -> None:
     assert m["nmi"] == pytest.approx(mi / ((h_pred + h_true) / 2))
     with pytest.raises(ValueError, match="no row has a true label"):
         clustering_metrics([0, 1], [-1, -1])
+
+
+def test_chunked_assignment_equals_one_shot() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    labels, centroids = kmeans(x, 40, niter=5)
+    chunked, chunked_centroids = kmeans(x, 40, niter=5, chunk_size=7)
+    np.testing.assert_array_equal(chunked, labels)
+    np.testing.assert_array_equal(chunked_centroids, centroids)
+    index = faiss.IndexFlatL2(16)  # one faiss search over all rows
+    index.add(centroids)
+    np.testing.assert_array_equal(index.search(x, 1)[1][:, 0], labels)
+    full = cluster_embeddings(x, 40, pca_dim=8, niter=5)
+    parts = cluster_embeddings(x, 40, pca_dim=8, niter=5, chunk_size=13)
+    np.testing.assert_array_equal(parts.labels, full.labels)
+    assert parts.inertia == pytest.approx(full.inertia, rel=1e-5)
+
+
+def test_training_on_a_seeded_sample_assigns_every_row() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 8)).astype(np.float32)
+    # k * max_points_per_centroid = 400 < N: faiss trains on 400 sampled rows, all 5000 are assigned
+    labels, centroids = kmeans(x, 10, max_points_per_centroid=40, seed=3)
+    again, _ = kmeans(x, 10, max_points_per_centroid=40, seed=3)
+    np.testing.assert_array_equal(labels, again)
+    index = faiss.IndexFlatL2(8)
+    index.add(centroids)
+    dist, nearest = index.search(x, 1)
+    np.testing.assert_array_equal(labels, nearest[:, 0])
+    res = cluster_embeddings(x, 10, pca_dim=None, l2_normalize=False, max_points_per_centroid=40, seed=3)
+    np.testing.assert_array_equal(res.labels, labels)
+    assert res.inertia == pytest.approx(float(dist.sum()), rel=1e-4)
+    assert res.sizes.sum() == 5000
+
+
+def test_float16_and_memmap_inputs_are_read_in_chunks(tmp_path: Any) -> None:
+    x, _ = blobs(n_per=50, k=4, dim=12)
+    x16 = x.astype(np.float16)
+    ref = cluster_embeddings(x16.astype(np.float32), 4, pca_dim=6, nredo=3)
+    np.testing.assert_array_equal(cluster_embeddings(x16, 4, pca_dim=6, nredo=3, chunk_size=17).labels, ref.labels)
+    mm = np.memmap(tmp_path / "x.f32", dtype=np.float32, mode="w+", shape=x.shape)
+    mm[:] = x
+    np.testing.assert_array_equal(
+        cluster_embeddings(mm, 4, pca_dim=6, nredo=3).labels, cluster_embeddings(np.array(mm), 4, pca_dim=6, nredo=3).labels
+    )
+    np.testing.assert_array_equal(mm, x.astype(np.float32))  # the input is never modified
+
+
+def test_whitening_with_constant_columns_drops_zero_variance_components() -> None:
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))
+    x = np.concatenate([signal, np.full((500, 3), 7.0), np.zeros((500, 1))], axis=1).astype(np.float32)
+    y = pca_whiten(x, 128)
+    assert y.shape == (500, 6) and np.isfinite(y).all()
+    np.testing.assert_allclose(np.cov(y.T, bias=True), np.eye(6), atol=1e-3)
+    assert pca_whiten(x, 4).shape == (500, 4)
+    assert pca_whiten(x, 128, eigen_power=0.0).shape == (500, 10)  # plain PCA keeps them (no division)
+    duplicated = np.concatenate([signal, signal[:, :2]], axis=1)  # rank 6 in 8 dims
+    assert pca_whiten(duplicated, 8).shape == (500, 6)
+    blob_x, blob_y = blobs(n_per=40, k=4, dim=8)
+    padded = np.concatenate([blob_x, np.ones((160, 5))], axis=1)
+    res = cluster_embeddings(padded, 4, nredo=5)  # default pca_dim=128 > D: whitening used to raise here
+    assert res.centroids.shape == (4, 8)
+    assert clustering_metrics(res.labels, blob_y)["nmi"] == pytest.approx(1.0)
+
+
+def test_chunked_and_sampled_pca_match() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 10)) @ rng.normal(size=(10, 10)) + 5.0
+    np.testing.assert_allclose(pca_whiten(x, 5, chunk_size=7), pca_whiten(x, 5), atol=1e-4)
+    sampled = pca_whiten(x, 5, max_points=1000, seed=2)  # statistics from 1000 of 3000 rows
+    np.testing.assert_allclose(np.cov(sampled.T, bias=True), np.eye(5), atol=0.15)
+
+
+def test_empty_clusters_are_counted() -> None:
+    x = np.repeat(np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), 10, axis=0)  # 3 distinct points
+    res = cluster_embeddings(x, 5, pca_dim=None, l2_normalize=False)
+    assert res.num_empty == int((np.bincount(res.labels, minlength=5) == 0).sum()) >= 2
+    assert res.sizes.sum() == 30
+
+
+def test_spherical_option_through_the_pipeline() -> None:
+    x, y = blobs(n_per=40, k=4, dim=8)
+    res = cluster_embeddings(x, 4, spherical=True, nredo=5)
+    np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, atol=1e-5)
+    assert clustering_metrics(res.labels, y)["nmi"] == pytest.approx(1.0)
+    assert res.inertia >= 0
+
+
+class _KmeansSpy:
+    """Stands in for faiss.Kmeans and records the ``gpu`` argument it was given."""
+
+    gpu_args: list[Any] = []
+
+    def __init__(self, d: int, k: int, **kwargs: Any) -> None:
+        self.gpu_args.append(kwargs.get("gpu"))
+        raise _Stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_gpu_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    if faiss.get_num_gpus() == 0:  # this machine: faiss-cpu or no GPU
+        with pytest.raises(RuntimeError, match=r"use_gpu=True, but faiss sees no GPU"):
+            kmeans(x, 3, use_gpu=True)
+        with pytest.raises(RuntimeError, match="faiss-gpu"):
+            cluster_embeddings(x, 3, use_gpu=True)
+        labels, _ = kmeans(x, 3, use_gpu=None)  # auto = CPU here
+        np.testing.assert_array_equal(labels, kmeans(x, 3, use_gpu=False)[0])
+    # the decision itself, with faiss.Kmeans replaced by a spy
+    monkeypatch.setattr(clustering_module.faiss, "Kmeans", _KmeansSpy)
+    _KmeansSpy.gpu_args.clear()
+    for gpus, use_gpu, big in [(0, None, True), (0, False, True), (1, None, False), (1, None, True),
+                               (1, False, True), (1, True, False)]:
+        monkeypatch.setattr(clustering_module.faiss, "get_num_gpus", lambda gpus=gpus: gpus)
+        data = np.zeros((30_000, 128), np.float32) if big else x  # big: rows x k x dims >= 50M
+        with pytest.raises(_Stop):
+            kmeans(data, 20, use_gpu=use_gpu)
+    assert _KmeansSpy.gpu_args == [False, False, False, 1, False, 1]

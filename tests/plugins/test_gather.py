@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+import fewlabel.plugins.gather as gather_module
 from fewlabel.plugins.gather import Embeddings, gather_embeddings, merge_embeddings
 
 
@@ -127,27 +131,156 @@ def test_two_shard_merge_equals_single_process() -> None:
         merge_embeddings([])
 
 
-def test_strategy_all_gather_path_with_fake_two_rank_strategy() -> None:
-    """The multi-process path, with a fake strategy whose all_gather stacks a second rank's tensors."""
-    ds = ToyDataset(9)
-    other = gather_embeddings(Affine(), DataLoader(ds, batch_size=4, sampler=[1, 3, 5, 7]))
-    other_tensors = iter(
-        [torch.tensor(len(other)), torch.from_numpy(other.embeddings), torch.from_numpy(other.labels),
-         torch.from_numpy(other.indices)]
-    )
+class _ThreadGroup:
+    """A fake process group: ranks are threads, ``all_gather`` stacks every rank's tensor."""
 
-    class FakeStrategy:
-        world_size = 2
-        root_device = torch.device("cpu")
+    def __init__(self, world_size: int) -> None:
+        self.barrier = threading.Barrier(world_size, timeout=30)
+        self.slots: list[Tensor | None] = [None] * world_size
 
-        def all_gather(self, t: Tensor) -> Tensor:
-            theirs = next(other_tensors)
-            if theirs.ndim and theirs.shape[0] < t.shape[0]:  # pad like the real rank would
-                pad = torch.full((t.shape[0] - theirs.shape[0], *theirs.shape[1:]), -1, dtype=theirs.dtype)
-                theirs = torch.cat([theirs, pad])
-            return torch.stack([t, theirs])
 
-    mine = DataLoader(ds, batch_size=4, sampler=[0, 2, 4, 6, 8])
-    out = gather_embeddings(Affine(), mine, strategy=FakeStrategy())
-    np.testing.assert_array_equal(out.indices, np.arange(9))
-    np.testing.assert_array_equal(out.embeddings, expected(np.arange(9)))
+class FakeStrategy:
+    """The two methods of a Lightning strategy that ``gather_embeddings`` uses, over a thread group."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, group: _ThreadGroup, rank: int) -> None:
+        self.group, self.rank, self.world_size = group, rank, len(group.slots)
+        self.calls = 0
+
+    def all_gather(self, t: Tensor) -> Tensor:
+        self.calls += 1
+        self.group.slots[self.rank] = t.clone()
+        self.group.barrier.wait()
+        out = torch.stack([s for s in self.group.slots if s is not None])
+        self.group.barrier.wait()  # nobody overwrites a slot before every rank has read it
+        return out
+
+
+def _run_ranks(samplers: list[list[int]], n: int, **kwargs: Any) -> list[Embeddings]:
+    group = _ThreadGroup(len(samplers))
+    results: list[Any] = [None] * len(samplers)
+
+    def rank(r: int) -> None:
+        loader = DataLoader(ToyDataset(n), batch_size=4, sampler=samplers[r])
+        try:
+            results[r] = gather_embeddings(Affine(), loader, strategy=FakeStrategy(group, r), **kwargs)
+        except BaseException as err:  # noqa: BLE001 - surfaced by the assertion below
+            results[r] = err
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(samplers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+    return results
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 3 * 2])  # default, and all-gather blocks of 2 rows
+def test_strategy_all_gather_path_with_two_thread_ranks(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int | None) -> None:
+    """The multi-process path: two ranks (threads) with DistributedSampler-style padded shards."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(gather_module, "_CHUNK_BYTES", chunk_bytes)
+    # 9 samples on 2 ranks: 0,2,4,6,8 and 1,3,5,7 + the padding duplicate 0
+    for out in _run_ranks([[0, 2, 4, 6, 8], [1, 3, 5, 7, 0]], 9):
+        np.testing.assert_array_equal(out.indices, np.arange(9))
+        np.testing.assert_array_equal(out.labels, np.arange(9) % 3)
+        np.testing.assert_array_equal(out.embeddings, expected(np.arange(9)))
+        assert out.embeddings.dtype == np.float32 and out.embeddings.flags.c_contiguous
+    # uneven shards (the second is shorter, so the all-gather pads it) and float16 memmap output
+    outs = _run_ranks([[0, 1, 2, 3, 4, 5], [6, 7]], 8, buffer_dtype="float16", max_ram_bytes=0)
+    for out in outs:
+        assert isinstance(out.embeddings, np.memmap) and out.embeddings.dtype == np.float16
+        np.testing.assert_array_equal(out.indices, np.arange(8))
+        np.testing.assert_allclose(out.embeddings, expected(np.arange(8)), rtol=1e-3)
+
+
+def test_non_finite_check_runs_after_the_all_gather_on_every_rank() -> None:
+    class Nan(Affine):
+        def forward(self, x: Tensor) -> Tensor:
+            out = super().forward(x)
+            out[x[:, 0] == 5, 0] = float("nan")
+            return out
+
+    group = _ThreadGroup(2)
+    errors: list[Any] = [None, None]
+
+    def rank(r: int) -> None:
+        loader = DataLoader(ToyDataset(6), batch_size=4, sampler=[[0, 2, 4], [1, 3, 5]][r])
+        try:
+            gather_embeddings(Nan(), loader, strategy=FakeStrategy(group, r))
+        except ValueError as err:
+            errors[r] = err
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(err is not None and "for 1 of 6 rows" in str(err) for err in errors)
+
+
+def _loader(n: int = 37, **kwargs: Any) -> DataLoader:
+    return DataLoader(ToyDataset(n), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(1), **kwargs)
+
+
+def test_memmap_buffer_equals_in_ram(tmp_path: Any) -> None:
+    ram = gather_embeddings(Affine(), _loader())
+    assert type(ram.embeddings) is np.ndarray
+    disk = gather_embeddings(Affine(), _loader(), max_ram_bytes=16, tmp_dir=str(tmp_path))  # tiny budget
+    assert isinstance(disk.embeddings, np.memmap)
+    assert disk.embeddings.dtype == np.float32 and disk.embeddings.flags.c_contiguous
+    np.testing.assert_array_equal(disk.embeddings, ram.embeddings)
+    np.testing.assert_array_equal(disk.labels, ram.labels)
+    np.testing.assert_array_equal(disk.indices, ram.indices)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is anonymous: nothing is left behind
+    # a budget the buffer fits in stays in RAM
+    assert type(gather_embeddings(Affine(), _loader(), max_ram_bytes=1 << 20).embeddings) is np.ndarray
+
+
+def test_memmap_buffer_with_a_sharded_loader_and_no_len() -> None:
+    ds = ToyDataset(20)
+    shard = gather_embeddings(Affine(), DataLoader(ds, batch_size=3, sampler=[15, 3, 9, 3, 11]), max_ram_bytes=0)
+    np.testing.assert_array_equal(shard.indices, [3, 9, 11, 15])
+    np.testing.assert_array_equal(shard.embeddings, expected(shard.indices))
+
+    class NoLen:  # an iterable without .dataset: the buffer grows by doubling
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for start in (0, 4, 8, 12, 16):
+                idx = torch.arange(start, start + 4)
+                yield {"input": torch.stack([idx.double(), 2.0 * idx], dim=1).float(), "index": idx}
+
+    for budget in (None, 0):
+        out = gather_embeddings(Affine(), NoLen(), max_ram_bytes=budget)
+        np.testing.assert_array_equal(out.indices, np.arange(20))
+        np.testing.assert_array_equal(out.embeddings, expected(np.arange(20)))
+        assert out.embeddings.shape == (20, 3) and out.embeddings.flags.c_contiguous
+
+
+def test_float16_buffer_is_close_to_float32() -> None:
+    full = gather_embeddings(Affine(), _loader())
+    half = gather_embeddings(Affine(), _loader(), buffer_dtype="float16")
+    assert half.embeddings.dtype == np.float16 and half.embeddings.nbytes * 2 == full.embeddings.nbytes
+    np.testing.assert_allclose(half.embeddings.astype(np.float32), full.embeddings, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(half.indices, full.indices)
+    with pytest.raises(ValueError, match="buffer_dtype must be one of"):
+        gather_embeddings(Affine(), _loader(), buffer_dtype="int8")
+
+
+def test_float16_overflow_is_reported_as_non_finite() -> None:
+    class Huge(Affine):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x) * 1e4  # 6 * i * 1e4 > 65504 from i = 2
+
+    with pytest.raises(ValueError, match="non-finite embeddings .* for 8 of 10 rows"):
+        gather_embeddings(Huge(), DataLoader(ToyDataset(10), batch_size=4), buffer_dtype="float16")
+
+
+def test_no_full_size_copy_when_every_row_is_seen() -> None:
+    """The preallocated buffer itself is returned (no concatenation, no trailing copy)."""
+    out = gather_embeddings(Affine(), _loader())
+    assert out.embeddings.flags.owndata and out.embeddings.base is None

@@ -40,18 +40,38 @@ def test_deepcluster_v2_fills_memory_then_trains(digits: DigitsDataModule, tmp_p
     torch.manual_seed(0)
     module = _dcv2(digits)
     conv = module.encoder.blocks[0][0].weight.detach().clone()
-    trainer = _trainer(tmp_path, 1)
+    bn_mean = module.encoder.blocks[0][1].running_mean.clone()
+    trainer = _trainer(tmp_path, 2)
     trainer.fit(module, datamodule=digits)
-    assert torch.equal(conv, module.encoder.blocks[0][0].weight)  # first epoch only fills the memory bank
     assert bool(module.memory_ready)
-    trainer = _trainer(tmp_path, 3)
-    trainer.fit(module, datamodule=digits)
+    filled = module.memory.norm(dim=-1) > 0.99
+    assert filled.float().mean() > 0.95  # only the few samples of dropped last batches may be missing
     assert not torch.equal(conv, module.encoder.blocks[0][0].weight)
+    assert not torch.equal(bn_mean, module.encoder.blocks[0][1].running_mean)
     for h, k in enumerate([10, 20]):
         assert int(module.assignments[h].min()) >= 0 and int(module.assignments[h].max()) < k
         norms = getattr(module, f"prototypes_{h}").norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_deepcluster_v2_init_memory_leaves_weights_alone(digits: DigitsDataModule, tmp_path: Path) -> None:
+    digits.train_split = "unlabeled"
+    module = _dcv2(digits)
+    before = {k: v.clone() for k, v in module.encoder.state_dict().items()}
+
+    class Stop(Exception):
+        pass
+
+    class StopBeforeFirstStep(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _trainer(tmp_path, 1, callbacks=[StopBeforeFirstStep()]).fit(module, datamodule=digits)
+    assert bool(module.memory_ready) and module.memory.abs().sum() > 0
+    for k, v in module.encoder.state_dict().items():
+        assert torch.equal(before[k], v), k
 
 
 class Interrupt(L.Callback):

@@ -95,6 +95,10 @@ def test_config_overrides_and_errors(tmp_path: Path) -> None:
     merged = load_config("unfused", path)
     assert merged["teacher"]["trainer"]["max_epochs"] == 7
     assert merged["teacher"]["encoder"]["name"] == "small_cnn"  # defaults kept
+    path.write_text("teacher:\n  encoder: {name: audio_ntt, channels: 8}\n  augment: {name: byola}\n")
+    switched = load_config("unfused", path)
+    assert switched["teacher"]["encoder"] == {"name": "audio_ntt", "channels": 8}  # no small_cnn width leaks in
+    assert switched["teacher"]["augment"] == {"name": "byola"}
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config("unfused", tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="section.key=value"):
@@ -117,3 +121,26 @@ def test_unknown_data_and_missing_root_are_clear_errors(tmp_path: Path) -> None:
         run_unfused(tiny_config(**{"data.name": "mnist"}), tmp_path, logger="none")
     with pytest.raises(ValueError, match="needs data.root"):
         run_unfused(tiny_config(**{"data.name": "audio_folder"}), tmp_path, logger="none")
+
+
+def test_non_finite_loss_names_the_stage(tmp_path: Path) -> None:
+    config = tiny_config(**{"teacher.module.lr": "1.0e+30", "teacher.module.warmup_fraction": "0.0"})
+    with pytest.raises(FloatingPointError, match=r"stage 'teacher': DeepClusterV2: non-finite loss .* global step \d+"):
+        run_unfused(config, tmp_path, logger="none")
+
+
+def test_recipe_runs_with_two_process_ddp(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for item in TINY for arg in ("--" + item.split("=", 1)[0], item.split("=", 1)[1])]
+    cmd = [sys.executable, "-m", "fewlabel.plugins", "run", "unfused", "--output", str(tmp_path / "run"),
+           "--logger", "csv", "--trainer.devices", "2", "--trainer.strategy", "ddp", *overrides,
+           "--finetune.seeds", "[0]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(results["rows"]) == 6
+    assert proc.stdout.count("stage 1/4") == 1  # progress lines come from rank 0 only

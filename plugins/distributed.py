@@ -1,0 +1,47 @@
+"""Small helpers for multi-process runs; every collective call is guarded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+def is_distributed() -> bool:
+    """``True`` inside an initialised ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def shard_dataloader(loader: Any, world_size: int, rank: int) -> Any:
+    """Give each rank a disjoint, ordered shard of an evaluation ``DataLoader``.
+
+    A loader that is not already sharded is rebuilt with a non-shuffling
+    :class:`~torch.utils.data.DistributedSampler` (same dataset, batch size, collate function and
+    workers). ``DistributedSampler`` pads the last shard with repeats of the first samples; the gather
+    primitive drops those duplicates by ``"index"``. Loaders that are not ``DataLoader``s, loaders
+    with a custom batch sampler, and single-process runs are returned unchanged.
+
+    Args:
+        loader: The loader to shard.
+        world_size: Number of processes.
+        rank: This process's global rank.
+
+    Returns:
+        The sharded loader, or ``loader`` itself when nothing needs to change.
+    """
+    if world_size <= 1 or not isinstance(loader, DataLoader) or isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_size is None:  # a custom batch sampler: leave it to its owner
+        return loader
+    sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=False,
+        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+    )
