@@ -30,6 +30,10 @@ class Classifier(L.LightningModule):
         optimizer, lr, weight_decay, warmup_fraction: Adam lr 1e-3 in the reference code.
         encoder_lr_scale: Encoder learning rate relative to the head's.
         label_smoothing: Cross-entropy label smoothing.
+        bn_eval: Keep the encoder's BatchNorm layers in eval mode while fine-tuning (their running
+            statistics stay frozen and are used in training too; their affine weights still learn), a
+            common few-shot practice: statistics of a few labeled samples per batch are noisy, and a
+            short fine-tune leaves the running averages far from the data. ``False`` = today's behaviour.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class Classifier(L.LightningModule):
         warmup_fraction: float = 0.0,
         encoder_lr_scale: float = 1.0,
         label_smoothing: float = 0.0,
+        bn_eval: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -62,7 +67,14 @@ class Classifier(L.LightningModule):
         super().train(mode)
         if self.hparams.freeze_encoder:
             self.encoder.eval()
+        elif mode and self.hparams.get("bn_eval", False):
+            self._bn_to_eval()
         return self
+
+    def _bn_to_eval(self) -> None:
+        for layer in self.encoder.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits of a raw input batch."""
@@ -71,6 +83,8 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.hparams.freeze_encoder:
             self.encoder.eval()  # Lightning may switch sub-modules to train mode directly
+        elif self.hparams.get("bn_eval", False):
+            self._bn_to_eval()
         (z,) = make_views(self.encoder, batch, self.augment, 1)
         with torch.set_grad_enabled(not self.hparams.freeze_encoder):
             emb = self.encoder.forward_embed(z) if hasattr(self.encoder, "forward_embed") else self.encoder(z)

@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import yaml
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -110,7 +111,6 @@ def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, s
                   parent: Logger | bool) -> dict[str, Any]:
     dm.draw_labels(k, seed)
     dm.train_split = "labeled"
-    L.seed_everything(seed, workers=True, verbose=False)
     module = Classifier(encoder, num_classes=dm.num_classes, augment=_augment(spec.get("augment")),
                         **spec.get("module", {}))
     trainer = make_trainer(config, {"check_val_every_n_epoch": 10**6, **spec.get("trainer", {})}, callbacks=[],
@@ -147,6 +147,7 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
         source = spec.get("encoder_from", "scratch")
         if source not in ENCODER_SOURCES:
             raise ValueError(f"finetune.methods.{method}.encoder_from must be one of {ENCODER_SOURCES}, got {source!r}")
+        L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
         encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
         row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
         if _is_rank_zero():
@@ -189,6 +190,9 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     """Run the whole recipe into ``output`` and return (and write) ``results.json``'s content."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    threads = config.get("num_threads")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
     dm = make_datamodule(config["data"])
