@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from fewlabel.callbacks import RNGStateKeeper
 from fewlabel.plugins.recipes.build import close_logger
@@ -17,6 +18,35 @@ from fewlabel.plugins.recipes.build import close_logger
 FINAL = "final.ckpt"
 LAST = "last.ckpt"
 INFO = "info.json"
+SETTINGS = "settings.json"
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for key in keys for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_settings(where: Path, stored: dict[str, Any] | None, settings: dict[str, Any]) -> None:
+    """Refuse to reuse or resume results that were made with other settings (never a silent mix).
+
+    Raises:
+        ValueError: naming the keys that differ and what to do.
+    """
+    if stored is None:
+        return
+    stored = json.loads(json.dumps(stored))  # compare as JSON: tuples vs lists, int keys
+    diff = _differences(stored, json.loads(json.dumps(settings)))
+    if diff:
+        raise ValueError(
+            f"{where} was made with different settings (differs at: {', '.join(diff)}); "
+            f"use a new --output folder or delete {where} to recompute it"
+        )
+
+
+def trainer_is_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def load_weights(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
@@ -39,6 +69,7 @@ def fit_stage(
     datamodule: L.LightningDataModule,
     make_trainer: Any,
     callbacks: list[L.Callback],
+    settings: dict[str, Any] | None = None,
 ) -> tuple[L.LightningModule, dict[str, Any], bool]:
     """Fit ``module`` unless ``stage_dir`` already holds its final weights.
 
@@ -51,13 +82,19 @@ def fit_stage(
         datamodule: The data.
         make_trainer: ``callable(callbacks) -> Trainer``.
         callbacks: Stage callbacks (their ``state_dict`` is in the checkpoints).
+        settings: The configuration the stage's result depends on; reusing or resuming a stage made
+            with other settings is an error.
 
     Returns:
         ``(module, info, reused)``: ``info`` holds the stage's logged metrics at the end of fit and
         ``reused`` tells whether the result came from disk.
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
-    final, info_path = stage_dir / FINAL, stage_dir / INFO
+    final, info_path, settings_path = stage_dir / FINAL, stage_dir / INFO, stage_dir / SETTINGS
+    settings = settings or {}
+    check_settings(stage_dir, json.loads(settings_path.read_text()) if settings_path.exists() else None, settings)
+    if not settings_path.exists() and trainer_is_rank_zero():
+        write_json(settings_path, settings)
     if final.exists() and info_path.exists():
         return load_weights(module, final), json.loads(info_path.read_text()), True
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, every_n_epochs=1,

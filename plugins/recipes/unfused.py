@@ -35,7 +35,7 @@ from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
 from fewlabel.plugins.modules.common import build_encoder
 from fewlabel.plugins.recipes.build import close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
-from fewlabel.plugins.recipes.stage import fit_stage, write_json
+from fewlabel.plugins.recipes.stage import check_settings, fit_stage, write_json
 
 ENCODER_SOURCES = ("teacher", "student", "scratch")
 
@@ -68,7 +68,8 @@ def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, lo
                             logger=make_logger(logger, output, "teacher", "unfused"), progress=True,
                             checkpoint=True)
 
-    module, _, reused = fit_stage(output / "teacher", module, dm, trainer, [])
+    settings = {key: config.get(key) for key in ("seed", "num_threads", "data", "trainer", "teacher")}
+    module, _, reused = fit_stage(output / "teacher", module, dm, trainer, [], settings)
     if reused:
         _say("  reused the finished teacher")
     return module
@@ -92,7 +93,9 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
                             logger=make_logger(logger, output, "student", "unfused"), progress=True,
                             checkpoint=True)
 
-    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler])
+    settings = {key: config.get(key) for key in ("seed", "num_threads", "data", "trainer", "teacher",
+                                                  "pseudo_labels", "student")}
+    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler], settings)
     if reused:
         _say("  reused the finished student")
         metrics = info.get("pseudo_labels", {})
@@ -140,16 +143,20 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # 45 runs: keep the console readable
     for i, (method, k, seed) in enumerate(runs, 1):
         path = output / "finetune" / method / f"lpc{k}_seed{seed}.json"
-        if path.exists():
-            results.append(json.loads(path.read_text()))
-            continue
         spec = merge(base, methods[method] or {})
+        settings = {"finetune": spec, "trainer": config.get("trainer"), "num_threads": config.get("num_threads")}
+        if path.exists():
+            row = json.loads(path.read_text())
+            check_settings(path, row.get("settings"), settings)
+            results.append(row)
+            continue
         source = spec.get("encoder_from", "scratch")
         if source not in ENCODER_SOURCES:
             raise ValueError(f"finetune.methods.{method}.encoder_from must be one of {ENCODER_SOURCES}, got {source!r}")
         L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
         encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
         row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
+        row["settings"] = settings
         if _is_rank_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, row)
@@ -203,7 +210,8 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     student, pseudo_metrics = run_student(config, dm, teacher.encoder, output, logger)
     runs = run_finetune(config, dm, {"teacher": teacher.encoder, "student": student.encoder}, output, logger)
     results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
-               "pseudo_labels": pseudo_metrics, "runs": runs, "seconds": time.perf_counter() - start}
+               "pseudo_labels": pseudo_metrics,
+               "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs], "seconds": time.perf_counter() - start}
     if _is_rank_zero():
         write_json(output / "results.json", results)
         print(format_table(results["rows"]), flush=True)

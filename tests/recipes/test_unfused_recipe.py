@@ -45,6 +45,13 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns == teacher_mtime
     assert again["rows"] == written["rows"]
 
+    changed = tiny_config(**{"teacher.trainer.max_epochs": 5})
+    with pytest.raises(ValueError, match=r"different settings \(differs at: teacher\.trainer\.max_epochs\)"):
+        run_unfused(changed, tmp_path, logger="csv")
+    more_epochs = tiny_config(**{"finetune.trainer.max_epochs": 4})
+    with pytest.raises(ValueError, match=r"differs at: finetune\.trainer\.max_epochs"):
+        run_unfused(more_epochs, tmp_path, logger="csv")
+
 
 def test_interrupted_stage_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fewlabel.plugins.recipes import build
@@ -144,3 +151,12 @@ def test_recipe_runs_with_two_process_ddp(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(results["rows"]) == 6
     assert proc.stdout.count("stage 1/4") == 1  # progress lines come from rank 0 only
+
+
+def test_recipe_runs_in_bf16_mixed(tmp_path: Path) -> None:
+    config = tiny_config(**{"trainer.precision": "bf16-mixed", "finetune.labels_per_class": "[1]",
+                            "finetune.seeds": "[0]"})
+    results = run_unfused(config, tmp_path, logger="none")
+    assert len(results["rows"]) == 3
+    assert all(0.0 <= row["accuracy_mean"] <= 1.0 for row in results["rows"])
+    assert 0.0 <= results["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
