@@ -69,5 +69,8 @@ def load_config(recipe: str, path: str | Path | None = None, overrides: list[str
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[leaf] = value
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = merge({leaf: node[leaf]}, {leaf: value})[leaf]  # like a YAML file: merge mappings
+        else:
+            node[leaf] = value
     return config

@@ -97,6 +97,8 @@ def test_interrupted_stage_resumes_to_the_uninterrupted_result(tmp_path: Path, m
 def test_config_overrides_and_errors(tmp_path: Path) -> None:
     config = load_config("unfused", overrides=["data.root=/x", "finetune.seeds=[0, 3]", "new.key=null"])
     assert config["data"]["root"] == "/x" and config["finetune"]["seeds"] == [0, 3] and config["new"]["key"] is None
+    mapping = load_config("unfused", overrides=["finetune.module={lr: 0.5}"])
+    assert mapping["finetune"]["module"]["lr"] == 0.5 and "encoder_lr_scale" in mapping["finetune"]["module"]
     path = tmp_path / "c.yaml"
     path.write_text("teacher:\n  trainer: {max_epochs: 7}\n")
     merged = load_config("unfused", path)

@@ -1,0 +1,60 @@
+"""Classifier(bn_eval=...): the encoder's BatchNorm layers stay in eval mode while fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from fewlabel.datamodules import DigitsDataModule
+from fewlabel.plugins import Classifier
+
+
+def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _fit(bn_eval: bool, tmp_path: Path) -> tuple[Classifier, list[torch.Tensor], torch.Tensor]:
+    dm = DigitsDataModule(labels_per_class=3, batch_size=16)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    module = Classifier({"name": "small_cnn", "width": 4}, num_classes=dm.num_classes, lr=0.01, bn_eval=bn_eval)
+    stats = [bn.running_mean.clone() for bn in _bn_layers(module.encoder)]
+    weight = _bn_layers(module.encoder)[0].weight.detach().clone()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    return module, stats, weight
+
+
+def test_bn_eval_default_is_off_and_train_mode_reaches_batchnorm() -> None:
+    module = Classifier({"name": "small_cnn", "width": 4}, num_classes=3)
+    assert module.hparams.bn_eval is False
+    module.train()
+    assert all(bn.training for bn in _bn_layers(module.encoder))
+
+
+def test_bn_eval_keeps_batchnorm_in_eval_mode_but_trains_the_rest() -> None:
+    module = Classifier({"name": "small_cnn", "width": 4}, num_classes=3, bn_eval=True)
+    module.train()
+    assert module.training and module.head.training
+    assert _bn_layers(module.encoder) and not any(bn.training for bn in _bn_layers(module.encoder))
+    assert any(m.training for m in module.encoder.modules() if not isinstance(m, nn.modules.batchnorm._BatchNorm))
+    module.eval()
+    assert not any(m.training for m in module.modules())
+
+
+def test_bn_eval_freezes_running_statistics_during_fit(tmp_path: Path) -> None:
+    module, before, weight = _fit(True, tmp_path)
+    after = [bn.running_mean for bn in _bn_layers(module.encoder)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not torch.equal(weight, _bn_layers(module.encoder)[0].weight.detach())  # affine parameters still learn
+
+
+def test_without_bn_eval_running_statistics_move(tmp_path: Path) -> None:
+    module, before, _ = _fit(False, tmp_path)
+    after = [bn.running_mean for bn in _bn_layers(module.encoder)]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
