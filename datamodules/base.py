@@ -61,6 +61,10 @@ class FewLabelDataModule(L.LightningDataModule):
         num_workers: ``DataLoader`` workers.
         train_split: Which loader ``train_dataloader()`` returns: ``"labeled"`` or
             ``"unlabeled"``; may be reassigned later.
+        labeled_samples_per_epoch: If set and the labeled draw is smaller, the labeled loader
+            repeats the draw (every labeled sample equally often, shuffled) to at least this many
+            samples per epoch, so that a tiny labeled set still gives full batches and an epoch
+            means a useful number of optimizer steps; ``None`` = every labeled sample once.
 
     Raises:
         ValueError: On an invalid argument, naming it and the valid values.
@@ -75,6 +79,7 @@ class FewLabelDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         train_split: str = "labeled",
+        labeled_samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if labels_per_class is not None:
@@ -85,6 +90,8 @@ class FewLabelDataModule(L.LightningDataModule):
         _check_int("batch_size", batch_size, 1)
         _check_int("eval_batch_size", eval_batch_size, 1)
         _check_int("num_workers", num_workers, 0)
+        if labeled_samples_per_epoch is not None:
+            _check_int("labeled_samples_per_epoch", labeled_samples_per_epoch, 1)
         self.save_hyperparameters()
         self.labels_per_class = labels_per_class
         self.seed = seed
@@ -93,6 +100,7 @@ class FewLabelDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.train_split = train_split
+        self.labeled_samples_per_epoch = labeled_samples_per_epoch
         self._class_names: list[str] | None = None
         self._pool: SubsetDataset | None = None
         self._val: SubsetDataset | None = None
@@ -207,8 +215,16 @@ class FewLabelDataModule(L.LightningDataModule):
         )
 
     def labeled_dataloader(self) -> DataLoader:
-        """The labeled draw: shuffled, training-mode inputs, last partial batch kept."""
-        view = SampleView(self._ready(), self._labeled_indices, train=True)
+        """The labeled draw: shuffled, training-mode inputs, last partial batch kept.
+
+        With ``labeled_samples_per_epoch`` larger than the draw, the draw is repeated
+        ``ceil(labeled_samples_per_epoch / len(draw))`` times per epoch (then shuffled).
+        """
+        positions = self._labeled_indices
+        wanted = self.labeled_samples_per_epoch
+        if wanted is not None and 0 < len(positions) < wanted:  # type: ignore[arg-type]
+            positions = np.tile(positions, -(-wanted // len(positions)))  # type: ignore[arg-type]
+        view = SampleView(self._ready(), positions, train=True)
         return self._loader(view, self.batch_size, shuffle=True)
 
     def unlabeled_dataloader(self, train: bool = True) -> DataLoader:
