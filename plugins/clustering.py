@@ -129,16 +129,25 @@ def _fit_projection(
     for a in range(0, m, rows):
         total += _read(x, a, a + rows, sample, fresh=False).sum(axis=0, dtype=np.float64)
     mean = (total / m).astype(np.float32)
-    cov = np.zeros((d, d), dtype=np.float64)
-    for a in range(0, m, rows):  # two passes: centring first keeps the float32 products accurate
-        block = _read(x, a, a + rows, sample, fresh=True)
-        block -= mean
-        cov += block.T @ block
-    # a dense eigendecomposition of a D x D matrix: BLAS threads only pay off for large D, and on a busy
-    # machine their spin-waiting made a D = 1024 decomposition 40x slower (20 s vs 0.47 s single-threaded)
-    with threadpool_limits(limits=1 if d <= 2048 else None, user_api="blas"):
-        eigval, eigvec = np.linalg.eigh(cov / m)
-    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # descending
+    # dense eigendecompositions: BLAS threads only pay off for large matrices, and on a busy machine
+    # their spin-waiting made a 1024 x 1024 decomposition 40x slower (20 s vs 0.47 s single-threaded)
+    with threadpool_limits(limits=1 if min(m, d) <= 2048 else None, user_api="blas"):
+        if m < d:  # fewer rows than dimensions: decompose the m x m Gram matrix instead (same spectrum)
+            xc = np.concatenate([_read(x, a, a + rows, sample, fresh=True) for a in range(0, m, rows)])
+            xc = xc.astype(np.float64) - mean
+            gram_val, gram_vec = np.linalg.eigh(xc @ xc.T)
+            gram_val, gram_vec = np.maximum(gram_val[::-1], 0.0), gram_vec[:, ::-1]  # descending
+            norm = np.sqrt(gram_val)
+            eigvec = np.divide(xc.T @ gram_vec, norm, out=np.zeros((d, m)), where=norm > 1e-12 * max(norm[0], 1e-300))
+            eigval = gram_val / m
+        else:
+            cov = np.zeros((d, d), dtype=np.float64)
+            for a in range(0, m, rows):  # two passes: centring first keeps the float32 products accurate
+                block = _read(x, a, a + rows, sample, fresh=True)
+                block -= mean
+                cov += block.T @ block
+            eigval, eigvec = np.linalg.eigh(cov / m)
+            eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # descending
     out_dim = int(min(dim, d, n - 1))
     if eigen_power < 0:
         if not eigval[0] > 0:

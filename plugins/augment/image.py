@@ -8,12 +8,64 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: ITU-R BT.601 luma weights (R, G, B), the ones of ``PIL.Image.convert("L")`` and torchvision.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# RGB -> YIQ (NTSC); Y uses the luma weights above. The inverse is computed in float64 once.
+_RGB_TO_YIQ = torch.tensor(
+    [list(LUMA_WEIGHTS), [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]], dtype=torch.float64
+)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rgb_to_gray(x: Tensor) -> Tensor:
+    """Luminance ``0.299 R + 0.587 G + 0.114 B`` of a ``(B, 3, H, W)`` batch, shape ``(B, 1, H, W)``."""
+    w = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend each RGB image with its grayscale: ``gray + factor * (x - gray)``, ``factor`` of shape ``(B,)``.
+
+    ``factor`` 0 gives the grayscale image (on 3 channels), 1 the input, >1 over-saturates.
+    """
+    gray = rgb_to_gray(x)
+    return gray + factor.view(-1, 1, 1, 1).to(x.dtype) * (x - gray)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each RGB image by ``shift`` (shape ``(B,)``, fraction of a full turn).
+
+    Implemented as a rotation of the chroma plane (I, Q) in YIQ space: linear, so it keeps luminance
+    exactly, needs no clamping and costs one batched 3x3 matrix product (no RGB->HSV round trip).
+    It approximates, but does not equal, torchvision's HSV hue shift.
+    """
+    angle = shift.to(torch.float64) * (2.0 * math.pi)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(shift.shape[0], 3, 3, dtype=torch.float64, device=shift.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    to_yiq, to_rgb = _RGB_TO_YIQ.to(shift.device), _YIQ_TO_RGB.to(shift.device)
+    matrix = (to_rgb @ rot @ to_yiq).to(x.dtype)  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", matrix, x)
+
 
 class BatchImageAugment(nn.Module):
-    """Random affine (scale, rotation, translation, flip), brightness/contrast and noise, per sample.
+    """Random affine (scale, rotation, translation, flip), colour jitter, grayscale and noise, per sample.
 
     One ``affine_grid`` + ``grid_sample`` call warps the whole batch, so a view costs one kernel on
-    the device instead of a Python loop over samples. Numerics run in float32.
+    the device instead of a Python loop over samples; every colour op is likewise one batched tensor op
+    with a random factor per sample. Numerics run in float32; the output has the input's dtype.
+
+    Order: affine warp, then colour jitter (contrast, brightness, saturation, hue; applied to a sample
+    with probability ``jitter_prob``, otherwise that sample keeps identity factors), then random
+    grayscale, then noise. Inputs are expected in roughly [0, 1]; nothing is clamped.
+
+    Saturation, hue and grayscale only act on 3-channel (RGB) input; on 1-channel (or other channel
+    counts) they are a no-op and draw no random numbers. Hue is a rotation of the chroma plane in YIQ
+    space (see :func:`adjust_hue`), grayscale uses the luma weights (0.299, 0.587, 0.114) copied to
+    the three channels. With the defaults (all colour parameters 0, ``jitter_prob`` 1) the behaviour
+    and the random stream are those of the class without these options.
 
     Args:
         scale: Range of the zoom factor (``>1`` zooms in, i.e. a random-resized-crop).
@@ -23,11 +75,20 @@ class BatchImageAugment(nn.Module):
         brightness: Maximum absolute additive brightness change.
         contrast: Maximum relative contrast change.
         noise: Standard deviation of additive Gaussian noise.
+        saturation: Saturation factor drawn in ``[max(0, 1 - saturation), 1 + saturation]`` (RGB only).
+        hue: Maximum absolute hue rotation, as a fraction of a full turn, in ``[0, 0.5]`` (RGB only).
+        jitter_prob: Probability that a sample gets the colour jitter (contrast, brightness,
+            saturation, hue) at all, as ``RandomApply(ColorJitter, p)`` in SimCLR.
+        grayscale: Probability of converting a sample to grayscale (RGB only; 3 equal channels).
 
     Example:
         >>> aug = BatchImageAugment(rotation=10.0)
         >>> aug(torch.rand(4, 1, 8, 8)).shape
         torch.Size([4, 1, 8, 8])
+        >>> aug = BatchImageAugment(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, jitter_prob=0.8,
+        ...                         grayscale=0.2)
+        >>> aug(torch.rand(4, 3, 8, 8)).shape
+        torch.Size([4, 3, 8, 8])
     """
 
     def __init__(
@@ -39,19 +100,28 @@ class BatchImageAugment(nn.Module):
         brightness: float = 0.0,
         contrast: float = 0.0,
         noise: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        jitter_prob: float = 1.0,
+        grayscale: float = 0.0,
     ) -> None:
         super().__init__()
         scale = (float(scale[0]), float(scale[1]))
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be a range (lo, hi) with 0 < lo <= hi, got {scale}")
         for name, value in [("rotation", rotation), ("translate", translate), ("brightness", brightness),
-                            ("contrast", contrast), ("noise", noise)]:
-            if value < 0:
+                            ("contrast", contrast), ("noise", noise), ("saturation", saturation)]:
+            if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= hflip <= 1.0:
-            raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue is a fraction of a full turn in [0, 0.5], got {hue}")
+        for name, value in [("hflip", hflip), ("jitter_prob", jitter_prob), ("grayscale", grayscale)]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {value}")
         self.scale, self.rotation, self.translate, self.hflip = scale, rotation, translate, hflip
         self.brightness, self.contrast, self.noise = brightness, contrast, noise
+        self.saturation, self.hue = float(saturation), float(hue)
+        self.jitter_prob, self.grayscale = float(jitter_prob), float(grayscale)
 
     def _uniform(self, n: int, lo: float, hi: float, device: torch.device) -> Tensor:
         return torch.rand(n, device=device) * (hi - lo) + lo
@@ -62,6 +132,7 @@ class BatchImageAugment(nn.Module):
         dtype = x.dtype
         x = x.float()
         n, device = x.shape[0], x.device
+        rgb = x.shape[1] == 3
         zoom = self._uniform(n, *self.scale, device)
         angle = self._uniform(n, -self.rotation, self.rotation, device) * (math.pi / 180.0)
         shift = self._uniform(2 * n, -self.translate, self.translate, device).view(n, 2) * 2.0
@@ -72,11 +143,28 @@ class BatchImageAugment(nn.Module):
         )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # Per-sample gate of the colour jitter; drawn only when it can be off (keeps the default stream).
+        jitter = torch.rand(n, device=device) < self.jitter_prob if self.jitter_prob < 1.0 else None
         if self.contrast > 0:
+            factor = self._uniform(n, 1 - self.contrast, 1 + self.contrast, device)
+            factor = factor if jitter is None else torch.where(jitter, factor, 1.0)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * self._uniform(n, 1 - self.contrast, 1 + self.contrast, device).view(n, 1, 1, 1) + mean
+            x = (x - mean) * factor.view(n, 1, 1, 1) + mean
         if self.brightness > 0:
-            x = x + self._uniform(n, -self.brightness, self.brightness, device).view(n, 1, 1, 1)
+            offset = self._uniform(n, -self.brightness, self.brightness, device)
+            offset = offset if jitter is None else torch.where(jitter, offset, 0.0)
+            x = x + offset.view(n, 1, 1, 1)
+        if rgb and self.saturation > 0:
+            factor = self._uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, device)
+            factor = factor if jitter is None else torch.where(jitter, factor, 1.0)
+            x = adjust_saturation(x, factor)
+        if rgb and self.hue > 0:
+            turn = self._uniform(n, -self.hue, self.hue, device)
+            turn = turn if jitter is None else torch.where(jitter, turn, 0.0)
+            x = adjust_hue(x, turn)
+        if rgb and self.grayscale > 0:
+            gray = (torch.rand(n, device=device) < self.grayscale).view(n, 1, 1, 1)
+            x = torch.where(gray, rgb_to_gray(x).expand_as(x), x)
         if self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
         return x.to(dtype)

@@ -239,3 +239,17 @@ def test_gpu_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(_Stop):
             kmeans(data, 20, use_gpu=use_gpu)
     assert _KmeansSpy.gpu_args == [False, False, False, 1, False, 1]
+
+
+def test_pca_with_fewer_rows_than_dims_matches_the_covariance_route() -> None:
+    """N < D uses the N x N Gram matrix; components must equal those of the D x D covariance."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 500)) @ rng.standard_normal((500, 500)) * 0.1).astype(np.float32)
+    y = pca_whiten(x, 128)
+    assert y.shape == (300, 128)
+    np.testing.assert_allclose(np.cov(y.T, bias=True), np.eye(128), atol=1e-5)
+    xc = x.astype(np.float64) - x.mean(0)
+    w, v = np.linalg.eigh(xc.T @ xc / len(x))
+    ref = xc @ v[:, ::-1][:, :128] / np.sqrt(w[::-1][:128])
+    cos = np.abs((ref * y).sum(0)) / np.linalg.norm(ref, axis=0) / np.linalg.norm(y, axis=0)
+    assert cos.min() > 0.9999  # equal up to each component's sign
