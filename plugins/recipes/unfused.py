@@ -140,11 +140,14 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
          f"{len(cfg['seeds'])} label draws = {len(runs)} runs")
     results: list[dict[str, Any]] = []
     parent = make_logger(logger, output, "finetune", "unfused") if logger.startswith("wandb") else False
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # 45 runs: keep the console readable
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # 45 short runs: keep the console readable
     for i, (method, k, seed) in enumerate(runs, 1):
         path = output / "finetune" / method / f"lpc{k}_seed{seed}.json"
         spec = merge(base, methods[method] or {})
-        settings = {"finetune": spec, "trainer": config.get("trainer"), "num_threads": config.get("num_threads")}
+        # everything the run depends on: its own spec and every upstream section (not the other methods)
+        settings = {**{key: value for key, value in config.items() if key != "finetune"}, "finetune": spec}
         if path.exists():
             row = json.loads(path.read_text())
             check_settings(path, row.get("settings"), settings)
@@ -163,6 +166,7 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
         results.append(row)
         _say(f"  [{i}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
              f"test accuracy {row['test_accuracy']:.4f}")
+    lightning_log.setLevel(level)
     if isinstance(parent, Logger):
         parent.log_metrics({f"{r['method']}/lpc{r['labels_per_class']}/accuracy_mean": r["accuracy_mean"]
                             for r in summarise(results)})
