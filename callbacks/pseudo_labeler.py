@@ -23,8 +23,8 @@ _Loader = Iterable[dict[str, Any]]
 class PseudoLabeler(L.Callback):
     """k-means pseudo-labels for the unlabeled pool, written into ``pl_module.pseudo_labels``.
 
-    Embeds the unlabeled pool (no augmentation) with a teacher encoder, reduces it with faiss PCA
-    to ``pca_dim`` dimensions with whitening, L2-normalises and runs k-means (DeepCluster, Caron et
+    Embeds the unlabeled pool (no augmentation) with a teacher encoder, reduces it with PCA to
+    ``pca_dim`` dimensions with whitening, L2-normalises and runs faiss k-means (DeepCluster, Caron et
     al. 2018, arXiv 1807.05520; stage 2 of UnFuSeD, 2023, arXiv 2303.05668). Sample ``i`` of the
     dataset gets label ``pseudo_labels[i]``; samples the loader did not yield keep ``-1``.
 

@@ -1,4 +1,4 @@
-"""faiss clustering primitives: PCA whitening, k-means and the pseudo-labelling pipeline.
+"""Clustering primitives: chunked PCA whitening (numpy), faiss k-means and the pseudo-labelling pipeline.
 
 :func:`cluster_embeddings` is the pseudo-labelling step of DeepCluster ("Deep Clustering for
 Unsupervised Learning of Visual Features", Caron et al., 2018, arXiv 1807.05520) as used in stage 2

@@ -2,7 +2,7 @@
 
 1. ``teacher``: DeepCluster-v2 SSL on the unlabeled pool.
 2. pseudo-labels: :class:`~fewlabel.callbacks.PseudoLabeler` runs the frozen teacher encoder over the
-   pool (no augmentation), faiss PCA-whitening, L2 normalisation, k-means.
+   pool (no augmentation), PCA-whitening, L2 normalisation, faiss k-means.
 3. ``student``: a fresh, smaller encoder learns the pseudo-labels by multi-exit self-distillation.
 4. ``finetune``: each method's encoder + a linear head learns the few labels, for every label budget
    and label draw; test accuracy is measured on the held-out test split.
