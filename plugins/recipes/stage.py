@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -45,7 +46,8 @@ def check_settings(where: Path, stored: dict[str, Any] | None, settings: dict[st
         )
 
 
-def trainer_is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (also before any Trainer exists)."""
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -70,6 +72,7 @@ def fit_stage(
     make_trainer: Any,
     callbacks: list[L.Callback],
     settings: dict[str, Any] | None = None,
+    describe: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[L.LightningModule, dict[str, Any], bool]:
     """Fit ``module`` unless ``stage_dir`` already holds its final weights.
 
@@ -84,6 +87,7 @@ def fit_stage(
         callbacks: Stage callbacks (their ``state_dict`` is in the checkpoints).
         settings: The configuration the stage's result depends on; reusing or resuming a stage made
             with other settings is an error.
+        describe: Called after fit; what it returns is added to ``info`` (e.g. a callback's metrics).
 
     Returns:
         ``(module, info, reused)``: ``info`` holds the stage's logged metrics at the end of fit and
@@ -93,7 +97,7 @@ def fit_stage(
     final, info_path, settings_path = stage_dir / FINAL, stage_dir / INFO, stage_dir / SETTINGS
     settings = settings or {}
     check_settings(stage_dir, json.loads(settings_path.read_text()) if settings_path.exists() else None, settings)
-    if not settings_path.exists() and trainer_is_rank_zero():
+    if not settings_path.exists() and is_rank_zero():
         write_json(settings_path, settings)
     if final.exists() and info_path.exists():
         return load_weights(module, final), json.loads(info_path.read_text()), True
@@ -107,6 +111,7 @@ def fit_stage(
         raise FloatingPointError(f"stage {stage_dir.name!r}: {err}") from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     info = {"metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    info.update(describe() if describe is not None else {})
     if trainer.is_global_zero:
         tmp = stage_dir / (FINAL + ".tmp")
         torch.save({"state_dict": module.state_dict()}, tmp)

@@ -35,7 +35,7 @@ from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
 from fewlabel.plugins.modules.common import build_encoder
 from fewlabel.plugins.recipes.build import close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
-from fewlabel.plugins.recipes.stage import check_settings, fit_stage, write_json
+from fewlabel.plugins.recipes.stage import check_settings, fit_stage, is_rank_zero, write_json
 
 ENCODER_SOURCES = ("teacher", "student", "scratch")
 
@@ -49,9 +49,6 @@ def _augment(spec: dict[str, Any] | None) -> nn.Module | None:
 def _say(message: str) -> None:
     print(f"[fewlabel] {message}", flush=True)
 
-
-def _is_rank_zero() -> bool:
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> DeepClusterV2:
@@ -95,15 +92,11 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
 
     settings = {key: config.get(key) for key in ("seed", "num_threads", "data", "trainer", "teacher",
                                                   "pseudo_labels", "student")}
-    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler], settings)
+    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler], settings,
+                                     describe=lambda: {"pseudo_labels": dict(labeler.metrics)})
     if reused:
         _say("  reused the finished student")
-        metrics = info.get("pseudo_labels", {})
-    else:
-        metrics = {k: float(v) for k, v in labeler.metrics.items()}
-        info["pseudo_labels"] = metrics
-        if _is_rank_zero():
-            write_json(output / "student" / "info.json", info)
+    metrics = info.get("pseudo_labels", {})
     if metrics:
         _say("  pseudo-labels vs hidden true labels: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return module, metrics
@@ -160,7 +153,7 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
         encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
         row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
         row["settings"] = settings
-        if _is_rank_zero():
+        if is_rank_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, row)
         results.append(row)
@@ -216,7 +209,7 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
                "pseudo_labels": pseudo_metrics,
                "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs], "seconds": time.perf_counter() - start}
-    if _is_rank_zero():
+    if is_rank_zero():
         write_json(output / "results.json", results)
         print(format_table(results["rows"]), flush=True)
     _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
