@@ -120,7 +120,12 @@ class _Projection:
 def _fit_projection(
     x: np.ndarray, dim: int, eigen_power: float, *, rows: int, seed: int, max_points: int, eig_rtol: float
 ) -> _Projection:
+    """Validate ``dim`` and ``N >= 2``, then fit the (whitened) PCA projection of ``x``."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"pca dim must be an integer >= 1, got {dim!r}")
     n, d = x.shape
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 samples, got N={n}")
     sample = None
     if n > max_points:
         sample = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
@@ -207,11 +212,7 @@ def pca_whiten(
         (100, 3)
     """
     x = _as_matrix(x, chunk_size=chunk_size)
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"pca dim must be an integer >= 1, got {dim!r}")
     n, d = x.shape
-    if n < 2:
-        raise ValueError(f"PCA needs at least 2 samples, got N={n}")
     rows = _chunk_rows(d, chunk_size)
     proj = _fit_projection(
         x, dim, float(eigen_power), rows=rows, seed=seed, max_points=int(max_points), eig_rtol=eig_rtol
@@ -446,10 +447,6 @@ def cluster_embeddings(
     _check_k(k, n)
     proj = None
     if pca_dim is not None:
-        if isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer)) or pca_dim < 1:
-            raise ValueError(f"pca dim must be an integer >= 1, got {pca_dim!r}")
-        if n < 2:
-            raise ValueError(f"PCA needs at least 2 samples, got N={n}")
         proj = _fit_projection(
             x, pca_dim, -0.5 if whiten else 0.0, rows=_chunk_rows(d, chunk_size), seed=seed,
             max_points=PCA_MAX_POINTS, eig_rtol=EIG_RTOL,

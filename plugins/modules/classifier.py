@@ -65,26 +65,25 @@ class Classifier(L.LightningModule):
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
-        if self.hparams.freeze_encoder:
-            self.encoder.eval()
-        elif mode and self.hparams.get("bn_eval", False):
-            self._bn_to_eval()
+        if mode:
+            self._hold_encoder_modes()
         return self
 
-    def _bn_to_eval(self) -> None:
-        for layer in self.encoder.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                layer.eval()
+    def _hold_encoder_modes(self) -> None:
+        """A frozen encoder stays in eval mode; with ``bn_eval`` its BatchNorm layers do."""
+        if self.hparams.freeze_encoder:
+            self.encoder.eval()
+        elif self.hparams.bn_eval:
+            for layer in self.encoder.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits of a raw input batch."""
         return self.head(self.encoder(x))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if self.hparams.freeze_encoder:
-            self.encoder.eval()  # Lightning may switch sub-modules to train mode directly
-        elif self.hparams.get("bn_eval", False):
-            self._bn_to_eval()
+        self._hold_encoder_modes()  # Lightning may switch sub-modules to train mode directly
         (z,) = make_views(self.encoder, batch, self.augment, 1)
         with torch.set_grad_enabled(not self.hparams.freeze_encoder):
             emb = self.encoder.forward_embed(z) if hasattr(self.encoder, "forward_embed") else self.encoder(z)
