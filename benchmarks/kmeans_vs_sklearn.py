@@ -4,7 +4,8 @@
 All three start from random rows (faiss' initialisation; scikit-learn ``init="random"``), run exactly
 20 iterations (scikit-learn ``tol=0``, ``algorithm="lloyd"``) and are scored with the same function:
 the k-means objective (inertia, sum of squared distances to the nearest centroid) over all rows.
-fewlabel's ``kmeans`` trains on all rows here (N <= k * max_points_per_centroid = 256,000).
+fewlabel's ``kmeans`` and raw faiss train on all rows here (N <= ``KMEANS_MAX_TRAIN_ROWS`` = 262,144
+and N <= faiss' default k * max_points_per_centroid = 256,000).
 
     python benchmarks/kmeans_vs_sklearn.py           # full size
     python benchmarks/kmeans_vs_sklearn.py --quick   # 5,000 x 32, k = 20, in seconds

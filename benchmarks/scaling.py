@@ -1,9 +1,10 @@
 """Wall time of ``cluster_embeddings`` as N grows, k fixed: near-linear in N.
 
 N = 1e4, 3e4, 1e5, 3e5, 1e6 rows of a 128-dim float32 Gaussian mixture (prefixes of one array),
-k = 100 fixed, UnFuSeD defaults (PCA 128 whitening, L2, k-means 20 iterations). k-means trains on at
-most k * 256 = 25,600 sampled rows and PCA statistics on at most 262,144 rows, so beyond those sizes
-only the chunked projection + assignment grows, linearly: time / N levels off.
+k = 100 fixed, UnFuSeD defaults (PCA 128 whitening, L2, k-means 20 iterations). k-means trains on every
+row up to ``KMEANS_MAX_TRAIN_ROWS`` = 262,144 (a seeded sample beyond) and PCA statistics use at most
+262,144 rows, so up to that size time grows linearly with N, and beyond it only the chunked projection +
+assignment grows: time / N falls and levels off.
 
     python benchmarks/scaling.py           # full size
     python benchmarks/scaling.py --quick   # N up to 20,000, D = 32, in seconds

@@ -11,7 +11,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from fewlabel.plugins.clustering import cluster_embeddings, clustering_metrics
+from fewlabel.plugins.clustering import (
+    KMEANS_MAX_TRAIN_ROWS,
+    check_max_train_rows,
+    cluster_embeddings,
+    clustering_metrics,
+)
 from fewlabel.plugins.distributed import shard_dataloader
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
 
@@ -43,14 +48,17 @@ class PseudoLabeler(L.Callback):
 
     Args:
         num_clusters: k; ``None`` takes ``trainer.datamodule.num_classes``.
-        teacher: an encoder ``(batch input) -> (B, D)``; frozen and moved to the module's device.
-            ``None`` uses ``pl_module.encoder``.
+        teacher: an encoder ``(batch input) -> (B, D)``, moved to the module's device. It runs in eval
+            mode without gradients while it embeds the pool; its ``requires_grad`` and train/eval
+            flags are left as they were (the callback does not own it). ``None`` uses ``pl_module.encoder``.
         dataloader: a DataLoader, or a zero-argument callable returning one; ``None`` uses
             ``trainer.datamodule.unlabeled_dataloader(train=False)``.
         pca_dim: PCA dimension (``None`` = no PCA).
         whiten: whiten the PCA components.
         niter: k-means iterations.
         nredo: k-means restarts (best objective kept); 1 as in UnFuSeD.
+        max_train_rows: k-means trains on every row up to this many (a seeded sample beyond); ``None`` =
+            every row, as UnFuSeD does. The default trains on every row of pools up to 262,144 samples.
         seed: k-means seed.
         recluster_every_n_epochs: ``None`` = cluster once; ``n`` = also at epochs ``n, 2n, ...``.
         label_key: batch key of the true labels, used only for the logged metrics (``-1`` = unknown).
@@ -71,6 +79,7 @@ class PseudoLabeler(L.Callback):
         whiten: bool = True,
         niter: int = 20,
         nredo: int = 1,
+        max_train_rows: int | None = KMEANS_MAX_TRAIN_ROWS,
         seed: int = 0,
         recluster_every_n_epochs: int | None = None,
         label_key: str = "target",
@@ -80,6 +89,7 @@ class PseudoLabeler(L.Callback):
         _check_int("pca_dim", pca_dim, 1, "None (no PCA)")
         _check_int("niter", niter, 1)
         _check_int("nredo", nredo, 1)
+        check_max_train_rows(max_train_rows)
         _check_int("recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
@@ -103,6 +113,7 @@ class PseudoLabeler(L.Callback):
         self.whiten = whiten
         self.niter = niter
         self.nredo = nredo
+        self.max_train_rows = max_train_rows
         self.seed = seed
         self.recluster_every_n_epochs = recluster_every_n_epochs
         self.label_key = label_key
@@ -131,7 +142,7 @@ class PseudoLabeler(L.Callback):
             )
         self._num_clusters(trainer)  # fail before training if k is unavailable
         if self.teacher is not None:
-            self.teacher.to(pl_module.device).requires_grad_(False).eval()
+            self.teacher.to(pl_module.device)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed = trainer.ckpt_path is not None and self.last_clustered_epoch is not None
@@ -155,7 +166,7 @@ class PseudoLabeler(L.Callback):
         loader = shard_dataloader(self._resolve_dataloader(trainer), trainer.world_size, trainer.global_rank)
         encoder = self.teacher if self.teacher is not None else pl_module.encoder
         if self.teacher is not None:
-            self.teacher.to(pl_module.device).requires_grad_(False).eval()
+            self.teacher.to(pl_module.device)
         emb = gather_embeddings(
             encoder, loader, device=pl_module.device, label_key=self.label_key, strategy=trainer.strategy
         )
@@ -188,7 +199,7 @@ class PseudoLabeler(L.Callback):
     def _cluster(self, emb: Embeddings, k: int, size: int) -> tuple[np.ndarray, dict[str, float]]:
         result = cluster_embeddings(
             emb.embeddings, k, pca_dim=self.pca_dim, whiten=self.whiten, niter=self.niter,
-            nredo=self.nredo, seed=self.seed,
+            nredo=self.nredo, max_train_rows=self.max_train_rows, seed=self.seed,
         )
         table = np.full(size, -1, dtype=np.int64)
         table[emb.indices] = result.labels

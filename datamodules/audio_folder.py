@@ -15,7 +15,24 @@ from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
 __all__ = ["AudioFileDataset", "AudioFolderDataModule", "crop_or_pad"]
 
-AUDIO_EXTENSIONS = (".flac", ".ogg", ".wav")
+AUDIO_ALIASES = {".aif": "AIFF", ".oga": "OGG", ".snd": "AU", ".sph": "NIST"}
+
+
+def _soundfile_extensions() -> tuple[str, ...]:
+    """Extensions of the formats this libsndfile reads (``.mp3`` from libsndfile 1.1 on).
+
+    Each format's name (``".wav"``, ``".flac"``, ...), a few common aliases, and
+    ``.opus`` where Ogg Opus is supported; not ``RAW``, whose files have no header.
+    """
+    formats = set(sf.available_formats()) - {"RAW"}
+    extensions = {f".{name.lower()}" for name in formats}
+    extensions |= {alias for alias, name in AUDIO_ALIASES.items() if name in formats}
+    if "OGG" in formats and "OPUS" in sf.available_subtypes("OGG"):
+        extensions.add(".opus")
+    return tuple(sorted(extensions))
+
+
+AUDIO_EXTENSIONS = _soundfile_extensions()
 
 
 def crop_or_pad(wave: Tensor, num_samples: int, train: bool) -> Tensor:
@@ -91,7 +108,11 @@ class AudioFileDataset(FileDataset):
 
 
 class AudioFolderDataModule(FolderDataModule):
-    """Audio classification from ``root/CLASS/*.wav|*.flac|*.ogg`` with a label budget.
+    """Audio classification from ``root/CLASS/<audio files>`` with a label budget.
+
+    Every file type that ``soundfile`` reads is accepted (``.wav``, ``.flac``, ``.ogg``,
+    ``.mp3``, ``.aiff``, ...; see ``AudioFolderDataModule.extensions``); other files in a
+    class folder are ignored with one warning.
 
     Inputs are ``(T,)`` ``float32`` mono waveforms with ``T = round(clip_seconds *
     sample_rate)``: random crops for the training loaders, centre crops for the rest.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from fewlabel.datamodules.budget import label_budget_split, stratified_split
+from fewlabel.datamodules.budget import _check_budget, _check_int, label_budget_split, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, SampleView, SubsetDataset, collate_dict
 
 __all__ = ["DatasetSplits", "FewLabelDataModule"]
@@ -29,11 +30,6 @@ class DatasetSplits(NamedTuple):
     train: FewLabelDataset
     test: FewLabelDataset
     class_names: list[str]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class FewLabelDataModule(L.LightningDataModule):
@@ -133,11 +129,20 @@ class FewLabelDataModule(L.LightningDataModule):
         self._train_split = value
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits and draw the labels; later calls do nothing."""
+        """Load the splits and draw the labels; later calls do nothing.
+
+        Raises:
+            ValueError: If the data has fewer than 2 classes, if a class cannot be split
+                (a single sample), or if a class has fewer than ``labels_per_class``
+                training samples; the message names the class.
+        """
         if self._pool is not None:
             return
         train, test, class_names = self.load_splits()
-        keep, held = stratified_split(train.targets, self.val_fraction, VAL_SEED)
+        if len(class_names) < 2:
+            found = f"got {len(class_names)}: {list(class_names)}"
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes to classify, {found}")
+        keep, held = stratified_split(train.targets, self.val_fraction, VAL_SEED, class_names)
         self._class_names = list(class_names)
         self._val = train.subset(held)
         self._test = test
@@ -152,18 +157,42 @@ class FewLabelDataModule(L.LightningDataModule):
             seed: Seed of the draw.
 
         Raises:
-            ValueError: ``labels_per_class`` is below 1 or larger than a class of the pool.
+            ValueError: ``labels_per_class`` is below 1 or larger than a class of the pool
+                (the message names the class).
         """
         pool = self._ready()
-        if labels_per_class is not None:
-            _check_int("labels_per_class", labels_per_class, 1)
         _check_int("seed", seed, 0)
         if labels_per_class is None:
             labeled = np.flatnonzero(pool.targets >= 0).astype(np.int64)
         else:
-            labeled = label_budget_split(pool.targets, labels_per_class, seed)
+            labeled = label_budget_split(pool.targets, labels_per_class, seed, self._class_names)
         self.labels_per_class, self.seed = labels_per_class, seed
         self._labeled_indices = labeled
+
+    def check_label_budget(self, labels_per_class: Sequence[int]) -> None:
+        """Check that every class of the pool can supply each of several label budgets.
+
+        Call it after ``setup("fit")`` and before training, so that an impossible budget
+        fails in seconds; :meth:`draw_labels` runs the same check.
+
+        Args:
+            labels_per_class: The budgets (labeled samples per class) to check.
+
+        Raises:
+            RuntimeError: If ``setup()`` has not been called.
+            ValueError: For the first budget that is not an integer >= 1 or that a class
+                cannot supply, e.g. ``labels_per_class=5 is too many: class 'dog' has only
+                3 training samples; ...``.
+
+        Example:
+            >>> from fewlabel.datamodules import DigitsDataModule
+            >>> dm = DigitsDataModule(labels_per_class=5)
+            >>> dm.setup("fit")
+            >>> dm.check_label_budget([1, 5, 10])
+        """
+        pool = self._ready()
+        for budget in labels_per_class:
+            _check_budget(pool.targets, budget, self._class_names)
 
     def _ready(self) -> SubsetDataset:
         if self._pool is None:

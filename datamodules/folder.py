@@ -3,13 +3,16 @@
 A root is laid out as ``root/CLASS/<files>``, or as ``root/train/CLASS/<files>`` plus
 ``root/test/CLASS/<files>`` when both ``train`` and ``test`` exist. Every file is decoded
 once at setup; unreadable or empty files are skipped and reported in one warning, so a
-bad file never stops an epoch halfway.
+bad file never stops an epoch halfway. No class is ever dropped silently: a class folder
+without a usable file is an error that names it.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +27,20 @@ __all__ = ["FileDataset", "FolderDataModule", "scan_class_folders"]
 TEST_SEED = 0
 
 
+def _describe(files: Sequence[Path]) -> str:
+    """Count files by extension, e.g. ``"3 .mp3 files, 1 .txt file"`` (``"no files"``)."""
+    counts = Counter(path.suffix.lower() or "extension-less" for path in files)
+    return ", ".join(f"{n} {suffix} file{'s' * (n != 1)}" for suffix, n in sorted(counts.items())) or "no files"
+
+
 def scan_class_folders(
     root: Path, extensions: Sequence[str], class_names: Sequence[str] | None = None
-) -> tuple[list[str], list[Path], np.ndarray]:
+) -> tuple[list[str], list[Path], np.ndarray, list[Path]]:
     """List the files of a folder-per-class tree.
 
-    Every non-hidden sub-folder of ``root`` that holds at least one file (searched
-    recursively) with one of ``extensions`` (case-insensitive) is a class; class names
-    are sorted.
+    Every non-hidden sub-folder of ``root`` is a class; class names are sorted. Its
+    non-hidden files (searched recursively) with one of ``extensions``
+    (case-insensitive) are the samples; its other files are returned as ignored.
 
     Args:
         root: The folder holding one sub-folder per class.
@@ -40,28 +49,37 @@ def scan_class_folders(
             not among them is an error. ``None`` = take the classes from ``root``.
 
     Returns:
-        ``(class_names, files, targets)``: files sorted by class then path, and their
-        ``int64`` class ids.
+        ``(class_names, files, targets, ignored)``: files sorted by class then path,
+        their ``int64`` class ids, and the files of the class folders whose extension is
+        not accepted (sorted by class folder).
 
     Raises:
         FileNotFoundError: If ``root`` is not a directory.
-        ValueError: If ``root`` has no class folder with a matching file, or has a class
-            that ``class_names`` lacks.
+        ValueError: If ``root`` has no class folder, if a class folder has no file with an
+            accepted extension (the message names each such folder and what it holds), or
+            if ``root`` has a class that ``class_names`` lacks.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist or is not a directory")
+    accepted = {extension.lower() for extension in extensions}
     found: dict[str, list[Path]] = {}
+    ignored: list[Path] = []
+    unusable: list[str] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
-        )
-        if files:
-            found[folder.name] = files
-    if not found:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        usable = [p for p in files if p.suffix.lower() in accepted]
+        if usable:
+            found[folder.name] = usable
+            ignored += [p for p in files if p.suffix.lower() not in accepted]
+        else:
+            unusable.append(f"{folder} holds {_describe(files)}")
+    if not found and not unusable:
+        raise ValueError(f"{root} has no class folders; expected the layout root/CLASS/file")
+    if unusable:
         raise ValueError(
-            f"{root} has no class folders with {'/'.join(extensions)} files; expected the layout root/CLASS/file"
+            f"class folders without a file of an accepted type ({' '.join(sorted(accepted))}): "
+            + "; ".join(unusable)
+            + ". Put readable files in them or move them out of the data root"
         )
     if class_names is None:
         class_names = sorted(found)
@@ -72,7 +90,7 @@ def scan_class_folders(
     names = sorted(found, key=index.__getitem__)
     files = [path for name in names for path in found[name]]
     targets = np.array([index[name] for name in names for _ in found[name]], dtype=np.int64)
-    return list(class_names), files, targets
+    return list(class_names), files, targets, ignored
 
 
 class FileDataset(FewLabelDataset):
@@ -168,27 +186,28 @@ class FolderDataModule(FewLabelDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement make_dataset()")
 
     def load_splits(self) -> DatasetSplits:
-        """Scan and decode the folder, skip bad files (one warning), and split off the test set.
+        """Scan and decode the folder, report what is left out, and split off the test set.
+
+        Files whose extension is not in ``extensions`` are ignored with one warning
+        (counted per class folder); unreadable files are skipped with one warning.
 
         Raises:
             FileNotFoundError: If ``root`` does not exist.
-            ValueError: If there are no usable files.
+            ValueError: If a class folder has no usable file (none accepted, or none
+                decodes), or a class has a single sample to split; the message names the
+                class folder.
         """
         if not self.root.is_dir():
             raise FileNotFoundError(f"data root {self.root} does not exist or is not a directory")
-        train_root, test_root = self.root / "train", self.root / "test"
-        parts: dict[Path, FileDataset]
-        train: FewLabelDataset
-        test: FewLabelDataset
-        if train_root.is_dir() and test_root.is_dir():
-            class_names, files, targets = scan_class_folders(train_root, self.extensions)
-            parts = {
-                train_root: self.make_dataset(files, targets),
-                test_root: self.make_dataset(*scan_class_folders(test_root, self.extensions, class_names)[1:]),
-            }
-        else:
-            class_names, files, targets = scan_class_folders(self.root, self.extensions)
-            parts = {self.root: self.make_dataset(files, targets)}
+        roots = [self.root / "train", self.root / "test"]
+        if not all(root.is_dir() for root in roots):
+            roots = [self.root]
+        class_names, files, targets, ignored = scan_class_folders(roots[0], self.extensions)
+        scans = {roots[0]: (files, targets, ignored)}
+        for root in roots[1:]:
+            scans[root] = scan_class_folders(root, self.extensions, class_names)[1:]
+        self._warn_ignored(scans)
+        parts = {root: self.make_dataset(files, targets) for root, (files, targets, _) in scans.items()}
         skipped = [entry for dataset in parts.values() for entry in dataset.skipped]
         if skipped:
             warnings.warn(
@@ -196,14 +215,34 @@ class FolderDataModule(FewLabelDataModule):
                 UserWarning,
                 stacklevel=2,
             )
-        for root, dataset in parts.items():
-            if len(dataset) == 0:
-                raise ValueError(f"{root} has no usable files: all {len(dataset.skipped)} candidates failed to decode")
+        for root, (files, targets, _) in scans.items():
+            for target in np.setdiff1d(targets, parts[root].targets):
+                failed = [path for path, t in zip(files, targets) if t == target]
+                raise ValueError(
+                    f"class folder {root / class_names[target]} has no usable file: all its {_describe(failed)} "
+                    "failed to decode (listed in the warning above)"
+                )
         if len(parts) == 2:
             train, test = parts.values()
         else:
             (full,) = parts.values()
-            keep, held = stratified_split(full.targets, self.test_fraction, TEST_SEED)
+            folders = [str(self.root / name) for name in class_names]
+            keep, held = stratified_split(full.targets, self.test_fraction, TEST_SEED, folders)
             train, test = full.subset(keep), full.subset(held)
         return DatasetSplits(train=train, test=test, class_names=class_names)
 
+    def _warn_ignored(self, scans: dict[Path, tuple[list[Path], np.ndarray, list[Path]]]) -> None:
+        """Warn once about the files of every split whose extension is not accepted."""
+        per_folder = [
+            f"{root / folder}: {_describe(list(paths))}"
+            for root, (_, _, ignored) in scans.items()
+            for folder, paths in groupby(ignored, key=lambda path: path.relative_to(root).parts[0])
+        ]
+        if per_folder:
+            total = sum(len(ignored) for _, _, ignored in scans.values())
+            warnings.warn(
+                f"ignored {total} file(s) whose extension {type(self).__name__} does not read:\n  "
+                + "\n  ".join(per_folder),
+                UserWarning,
+                stacklevel=3,
+            )

@@ -7,22 +7,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch import Tensor
 
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule"]
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 PIL_MODES = {1: "L", 3: "RGB"}
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # integer grayscale, read as 16-bit data
+
+
+def _pil_extensions() -> tuple[str, ...]:
+    """Extensions of the formats PIL can open and decode (not save-only formats, not stubs)."""
+    extensions = Image.registered_extensions()  # loads every plugin, filling Image.OPEN
+    decodable = {
+        name
+        for name, (factory, _) in Image.OPEN.items()
+        if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    }
+    return tuple(sorted(ext for ext, name in extensions.items() if name in decodable))
+
+
+IMAGE_EXTENSIONS = _pil_extensions()
 
 
 class ImageFileDataset(FileDataset):
     """Image files decoded with PIL, converted to ``channels`` and resized to a square.
 
-    Decoded images are kept as ``uint8`` (a quarter of the memory); inputs are
-    ``(channels, image_size, image_size)`` ``float32`` in ``[0, 1]``.
+    Decoded 8-bit images are kept as ``uint8`` (a quarter of the memory); 16-bit
+    grayscale images (PIL modes ``I;16*`` and ``I``) are scaled by ``1 / 65535`` and kept
+    as ``float32``, so no precision is lost. Inputs are ``(channels, image_size,
+    image_size)`` ``float32`` in ``[0, 1]``.
 
     Args:
         files: Image file paths.
@@ -45,31 +61,42 @@ class ImageFileDataset(FileDataset):
         super().__init__(files, targets, cache)
 
     def decode(self, path: Path) -> Tensor:
-        """Return the image as a ``(channels, image_size, image_size)`` ``uint8`` tensor.
+        """Return the image as a ``(channels, image_size, image_size)`` tensor.
+
+        The tensor is ``uint8`` for 8-bit images and ``float32`` in ``[0, 1]`` for 16-bit ones.
 
         Raises:
             PIL.UnidentifiedImageError, OSError: If the file is not a readable image.
         """
+        size = (self.image_size, self.image_size)
         with Image.open(path) as image:
-            if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
-                image = image.convert("RGBA")
-            image = image.convert(PIL_MODES[self.channels])
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-            array = np.array(image, dtype=np.uint8)
+            if image.mode in SIXTEEN_BIT_MODES:
+                gray = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535.0)  # mode "F"
+                array = np.asarray(gray.resize(size, Image.Resampling.BILINEAR)).clip(0.0, 1.0)
+                array = np.repeat(array[:, :, None], self.channels, axis=2)
+            else:
+                if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+                    image = image.convert("RGBA")
+                image = image.convert(PIL_MODES[self.channels]).resize(size, Image.Resampling.BILINEAR)
+                array = np.array(image, dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
     def finish(self, value: Tensor, train: bool) -> Tensor:
-        """Scale to ``float32`` in ``[0, 1]``."""
-        return value.float().div_(255.0)
+        """Return a ``float32`` copy in ``[0, 1]`` (``uint8`` values are divided by 255)."""
+        inputs = value.to(torch.float32, copy=True)
+        return inputs.div_(255.0) if value.dtype == torch.uint8 else inputs
 
 
 class ImageFolderDataModule(FolderDataModule):
-    """Image classification from ``root/CLASS/*.png|jpg|jpeg|bmp|gif|webp`` with a label budget.
+    """Image classification from ``root/CLASS/<image files>`` with a label budget.
 
-    Inputs are ``(channels, image_size, image_size)`` ``float32`` tensors in ``[0, 1]``.
-    Unreadable files are skipped at setup with one warning listing them.
+    Every file type that PIL can decode is accepted (``.png``, ``.jpg``, ``.tif``,
+    ``.webp``, ...; see ``ImageFolderDataModule.extensions``); other files in a class
+    folder are ignored with one warning. Inputs are ``(channels, image_size,
+    image_size)`` ``float32`` tensors in ``[0, 1]``; 16-bit images are scaled by their
+    bit depth. Unreadable files are skipped at setup with one warning listing them.
 
     Args:
         root: The data folder (``root/CLASS/...`` or ``root/{train,test}/CLASS/...``).

@@ -9,6 +9,7 @@ k-means with 20 iterations. :func:`clustering_metrics` scores a clustering again
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from threadpoolctl import threadpool_limits
 
 __all__ = [
     "ClusterResult",
+    "check_max_train_rows",
     "cluster_embeddings",
     "clustering_metrics",
+    "degenerate_clusters",
     "faiss_threads",
     "kmeans",
     "pca_whiten",
@@ -57,12 +60,25 @@ CHUNK_BYTES = 16 << 20
 PCA_MAX_POINTS = 262_144
 # Whitening drops components whose variance is at most this fraction of the largest one.
 EIG_RTOL = 1e-5
+# k-means trains on every row up to this many (a seeded sample beyond), as the UnFuSeD reference trains
+# on every row. 1,000,000 x 128 with k = 1000 then pseudo-labels in ~24 s on 2 quiet CPU cores (target
+# < 60 s; twice as many training rows took 83 s under load: benchmarks/README.md).
+KMEANS_MAX_TRAIN_ROWS = 262_144
+# A clustering is degenerate when more than this fraction of its clusters is empty, or when its
+# largest cluster holds more than this fraction of the rows.
+DEGENERATE_EMPTY_FRACTION = 0.5
+DEGENERATE_LARGEST_FRACTION = 0.9
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is an integer (Python or numpy, not a bool) ``>= minimum``."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
 
 
 def _chunk_rows(d: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(256, CHUNK_BYTES // (4 * d))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if not _is_count(chunk_size, 1):
         raise ValueError(f"chunk_size must be an integer >= 1 (rows) or None, got {chunk_size!r}")
     return int(chunk_size)
 
@@ -98,10 +114,27 @@ def _read(x: np.ndarray, a: int, b: int, sample: np.ndarray | None, fresh: bool)
 
 
 def _check_k(k: int, n: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not _is_count(k, 1):
         raise ValueError(f"the number of clusters k must be an integer >= 1, got {k!r}")
     if k > n:
         raise ValueError(f"cannot make k={k} clusters from only N={n} samples (need k <= N)")
+
+
+def check_max_train_rows(max_train_rows: int | None, k: int = 1) -> None:
+    """Raise unless ``max_train_rows`` is ``None`` (train k-means on every row) or an integer ``>= k``.
+
+    Args:
+        max_train_rows: the k-means training-sample size to check.
+        k: the number of clusters it must train (``1`` when not known yet).
+
+    Raises:
+        ValueError: naming the valid values and the one given.
+    """
+    if max_train_rows is not None and not _is_count(max_train_rows, k):
+        raise ValueError(
+            f"max_train_rows must be an integer >= {k} (the number of clusters) or None (train on every row), "
+            f"got {max_train_rows!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +154,7 @@ def _fit_projection(
     x: np.ndarray, dim: int, eigen_power: float, *, rows: int, seed: int, max_points: int, eig_rtol: float
 ) -> _Projection:
     """Validate ``dim`` and ``N >= 2``, then fit the (whitened) PCA projection of ``x``."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+    if not _is_count(dim, 1):
         raise ValueError(f"pca dim must be an integer >= 1, got {dim!r}")
     n, d = x.shape
     if n < 2:
@@ -268,23 +301,20 @@ def _kmeans(
     seed: int,
     spherical: bool,
     nredo: int,
-    max_points_per_centroid: int,
+    max_train_rows: int | None,
     use_gpu: bool | None,
     chunk_size: int | None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Train on a seeded sample of ``k * max_points_per_centroid`` rows, then assign all rows in chunks.
+    """Train on every row, or a seeded sample of ``max_train_rows`` rows, then assign all rows in chunks.
 
     ``transform(block, out)`` maps a fresh float32 chunk of ``x`` to the clustered space (``dim``
     columns), written into ``out`` when given (else returned); ``None`` clusters ``x`` itself.
     """
-    if niter < 1 or nredo < 1 or max_points_per_centroid < 1:
-        raise ValueError(
-            f"niter, nredo and max_points_per_centroid must be >= 1, got niter={niter}, nredo={nredo}, "
-            f"max_points_per_centroid={max_points_per_centroid}"
-        )
+    if niter < 1 or nredo < 1:
+        raise ValueError(f"niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
     n = x.shape[0]
     rows = _chunk_rows(max(x.shape[1], dim), chunk_size)
-    n_train = int(min(n, int(k) * int(max_points_per_centroid)))
+    n_train = n if max_train_rows is None else int(min(n, max_train_rows))
     sample = None if n_train == n else np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
     if transform is None and sample is None:
         train = np.ascontiguousarray(x, dtype=np.float32)  # no copy for float32 input
@@ -304,8 +334,10 @@ def _kmeans(
         seed=int(seed),
         spherical=bool(spherical),
         nredo=int(nredo),
-        max_points_per_centroid=int(max_points_per_centroid),
-        min_points_per_centroid=1,  # small pools are legitimate here; silences faiss' warning
+        # faiss must train on the rows it is given: it would subsample beyond k * max_points_per_centroid
+        # and warn below k * min_points_per_centroid (small pools are legitimate here)
+        max_points_per_centroid=n_train,
+        min_points_per_centroid=1,
         verbose=False,
         gpu=ngpu if ngpu else False,
     )
@@ -339,16 +371,16 @@ def kmeans(
     seed: int = 0,
     spherical: bool = False,
     nredo: int = 1,
-    max_points_per_centroid: int = 256,
+    max_train_rows: int | None = KMEANS_MAX_TRAIN_ROWS,
     use_gpu: bool | None = None,
     chunk_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means with ``faiss.Kmeans``; every row is then assigned to its nearest centroid.
 
-    Scales to millions of rows: faiss trains on a seeded sample of at most
-    ``k * max_points_per_centroid`` rows, then all rows are assigned chunk by chunk through the
-    faiss index, so the extra memory is the sample plus a chunk (none for float32 input of at most
-    that many rows, which is clustered in place).
+    faiss trains on every row, or on a seeded sample of ``max_train_rows`` rows when there are more
+    (by default beyond :data:`KMEANS_MAX_TRAIN_ROWS`, so millions of rows stay fast); then all rows
+    are assigned chunk by chunk through the faiss index. The extra memory is the training rows plus a
+    chunk (none for float32 input trained on every row, which is clustered in place).
 
     Args:
         x: ``(N, D)`` data (float16/32/64, or a memmap; read in chunks).
@@ -359,7 +391,8 @@ def kmeans(
         nredo: runs from different random initialisations; the one with the lowest objective is kept.
             faiss initialises with ``k`` random rows, so for small ``k`` a single run often merges
             two clusters; ``1`` matches DeepCluster / UnFuSeD.
-        max_points_per_centroid: faiss trains on at most ``k * max_points_per_centroid`` sampled rows.
+        max_train_rows: train on at most this many rows (a seeded sample beyond); ``None`` = every row.
+            Must be ``>= k``.
         use_gpu: ``None`` = faiss GPU when faiss has GPU support, a GPU is present and the problem is
             not tiny; ``True`` = GPU or an error; ``False`` = CPU.
         chunk_size: rows per assignment chunk; ``None`` = about 16 MiB of float32. The labels do not
@@ -369,14 +402,16 @@ def kmeans(
         ``(labels, centroids)``: int64 ``(N,)`` and float32 ``(k, D)``.
 
     Raises:
-        ValueError: bad input (see :func:`cluster_embeddings`), ``k`` outside ``[1, N]``, ``niter < 1``.
+        ValueError: bad input (see :func:`cluster_embeddings`), ``k`` outside ``[1, N]``, ``niter < 1``,
+            ``max_train_rows`` neither ``None`` nor an integer ``>= k``.
         RuntimeError: ``use_gpu=True`` but faiss sees no GPU.
     """
     x = _as_matrix(x, chunk_size=chunk_size)
     _check_k(k, x.shape[0])
+    check_max_train_rows(max_train_rows, k)
     labels, centroids, _ = _kmeans(
         x, k, None, x.shape[1], niter=niter, seed=seed, spherical=spherical, nredo=nredo,
-        max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu, chunk_size=chunk_size,
+        max_train_rows=max_train_rows, use_gpu=use_gpu, chunk_size=chunk_size,
     )
     return labels, centroids
 
@@ -392,7 +427,7 @@ def cluster_embeddings(
     nredo: int = 1,
     seed: int = 0,
     spherical: bool = False,
-    max_points_per_centroid: int = 256,
+    max_train_rows: int | None = KMEANS_MAX_TRAIN_ROWS,
     use_gpu: bool | None = None,
     chunk_size: int | None = None,
 ) -> ClusterResult:
@@ -400,10 +435,11 @@ def cluster_embeddings(
 
     The stage-2 pipeline of UnFuSeD (arXiv 2303.05668), after DeepCluster (arXiv 1807.05520).
     Built for millions of rows: PCA statistics come from at most :data:`PCA_MAX_POINTS` rows,
-    k-means trains on a seeded sample of ``k * max_points_per_centroid`` transformed rows, and
-    every row is then projected, normalised and assigned chunk by chunk. The transformed matrix
-    is never materialised: beyond ``x`` itself, memory holds the training sample, a chunk and the
-    ``(N,)`` labels. ``x`` may be float16 or a memmap (e.g. from
+    k-means trains on every transformed row up to ``max_train_rows`` (a seeded sample beyond), and
+    every row is then projected, normalised and assigned chunk by chunk. Beyond ``x`` itself, memory
+    holds the transformed training rows, a chunk and the ``(N,)`` labels. A degenerate result (most
+    clusters empty, or one cluster holding nearly every row) raises a ``UserWarning`` that names the
+    likely causes (see :func:`degenerate_clusters`). ``x`` may be float16 or a memmap (e.g. from
     :func:`~fewlabel.plugins.gather.gather_embeddings` with a float16 or disk buffer).
 
     Args:
@@ -417,7 +453,8 @@ def cluster_embeddings(
         nredo: k-means restarts, the best objective is kept (see :func:`kmeans`).
         seed: seed of the PCA and k-means samples and of the k-means initialisation.
         spherical: spherical k-means (unit-norm centroids, inner-product assignment).
-        max_points_per_centroid: k-means trains on at most ``k * max_points_per_centroid`` rows.
+        max_train_rows: k-means trains on at most this many rows (a seeded sample beyond); ``None`` =
+            every row. Must be ``>= k``.
         use_gpu: faiss GPU switch, see :func:`kmeans` (``None`` = auto; CPU without a GPU).
         chunk_size: rows per chunk; ``None`` = about 16 MiB of float32.
 
@@ -432,7 +469,7 @@ def cluster_embeddings(
 
     Raises:
         ValueError: non-2-D or empty input, non-finite values (with their count), ``k < 1`` or
-            ``k > N`` (with both numbers).
+            ``k > N`` (with both numbers), ``max_train_rows`` neither ``None`` nor an integer ``>= k``.
         RuntimeError: ``use_gpu=True`` but faiss sees no GPU.
 
     Example:
@@ -445,6 +482,7 @@ def cluster_embeddings(
     x = _as_matrix(x, chunk_size=chunk_size)
     n, d = x.shape
     _check_k(k, n)
+    check_max_train_rows(max_train_rows, k)
     proj = None
     if pca_dim is not None:
         proj = _fit_projection(
@@ -466,12 +504,47 @@ def cluster_embeddings(
     dim = d if proj is None else proj.matrix.shape[1]
     labels, centroids, inertia = _kmeans(
         x, k, None if proj is None and not l2_normalize else transform, dim, niter=niter, seed=seed,
-        spherical=spherical, nredo=nredo, max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu,
-        chunk_size=chunk_size,
+        spherical=spherical, nredo=nredo, max_train_rows=max_train_rows, use_gpu=use_gpu, chunk_size=chunk_size,
     )
     sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    problem = degenerate_clusters(sizes)
+    if problem is not None:
+        warnings.warn(problem, UserWarning, stacklevel=2)
     return ClusterResult(
         labels=labels, centroids=centroids, sizes=sizes, num_empty=int((sizes == 0).sum()), inertia=inertia
+    )
+
+
+def degenerate_clusters(sizes: Any) -> str | None:
+    """Say why a clustering with these cluster sizes is degenerate, or return ``None`` if it is not.
+
+    Degenerate: more than :data:`DEGENERATE_EMPTY_FRACTION` of the ``k >= 2`` clusters are empty, or
+    the largest holds more than :data:`DEGENERATE_LARGEST_FRACTION` of the rows. The message names the
+    likely causes and what to try.
+
+    Args:
+        sizes: ``(k,)`` number of rows per cluster.
+
+    Returns:
+        The message, or ``None``.
+
+    Example:
+        >>> degenerate_clusters([100, 0, 0, 0])[:40]
+        'degenerate k-means clusters: 3 of 4 are '
+        >>> degenerate_clusters([30, 40, 30]) is None
+        True
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    k, n = sizes.shape[0], int(sizes.sum())
+    empty, largest = int((sizes == 0).sum()), int(sizes.max(initial=0))
+    if k < 2 or n == 0 or (empty <= DEGENERATE_EMPTY_FRACTION * k and largest <= DEGENERATE_LARGEST_FRACTION * n):
+        return None
+    return (
+        f"degenerate k-means clusters: {empty} of {k} are empty and the largest holds {largest / n:.1%} of the "
+        f"{n} rows. Likely causes: collapsed or constant embeddings (an untrained or collapsed teacher), too "
+        "few distinct samples, or k too large for the data. Try: check that the teacher's embeddings vary "
+        "across samples (train it longer or with a lower learning rate), PCA-whitening (pca_dim) so k-means "
+        "sees the directions that vary, a smaller k, or more k-means restarts (nredo)."
     )
 
 

@@ -34,8 +34,9 @@ class MixupBYOLA(nn.Module):
 
     ``x' = log((1 - lam) * exp(x) + lam * exp(m))`` with ``lam ~ U(0, ratio)`` drawn per sample and
     ``m`` a random entry of a FIFO memory holding the last ``memory_size`` (detached) input samples.
-    The memory is filled after mixing, so a batch is mixed with earlier batches; the very first batch
-    (or one whose shape or device differs from the memory's) is mixed with a permutation of itself.
+    The memory is filled after mixing, so a batch is mixed with earlier batches. While the memory is
+    empty (the first batch, or one whose shape or device differs from the memory's), the batch is
+    returned unmixed, as in BYOL-A, and becomes the memory's first content.
     The memory is a non-persistent buffer (not checkpointed). Each call pushes its input, so calling
     it twice on one batch (two views) stores the batch twice, as BYOL-A's per-sample transform does.
 
@@ -93,7 +94,7 @@ class MixupBYOLA(nn.Module):
             x: Normalised log-mel batch ``(B, C, F, T)``.
 
         Returns:
-            The mixed batch, float32, same shape.
+            The mixed batch (the input itself while the memory is empty), float32, same shape.
 
         Raises:
             ValueError: ``x`` is not 4-d.
@@ -101,11 +102,11 @@ class MixupBYOLA(nn.Module):
         check_input(x, (4,), "MixupBYOLA")
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
+            if not self._memory_matches(x):
+                self._push(x.detach())
+                return x
             b = x.shape[0]
-            if self._memory_matches(x):
-                background = self.memory[torch.randint(self._count, (b,), device=x.device)]
-            else:
-                background = x.detach()[torch.randperm(b, device=x.device)]
+            background = self.memory[torch.randint(self._count, (b,), device=x.device)]
             lam = (self.ratio * torch.rand(b, device=x.device)).view(b, 1, 1, 1)
             if self.log_mixup_exp:
                 # log((1 - lam) e^x + lam e^m), stably; lam = 0 gives exactly x.

@@ -17,6 +17,7 @@ from fewlabel.plugins.encoders.registry import register_encoder
 
 _NUM_BLOCKS = 3
 _LAYERS_PER_BLOCK = 4  # Conv2d, BatchNorm2d, ReLU, MaxPool2d
+_POOLS = ("time", "time_freq")
 
 
 @register_encoder("audio_ntt")
@@ -28,8 +29,11 @@ class AudioNTT(Encoder):
     time. The module names (``features``, ``fc``) and the flattening order (mel-major, channel-minor)
     are BYOL-A's, so its checkpoints load into ``features``/``fc`` unchanged.
 
-    The intermediate features are each conv block's output (after pooling) averaged over frequency
-    and time, ``(B, C)`` each, as UnFuSeD's auxiliary heads use them.
+    The intermediate features, for UnFuSeD's auxiliary exits, are each conv block's output (after
+    pooling) averaged over time only and flattened in the same mel-major, channel-minor order:
+    ``(B, F_i * C)`` with ``F_i = n_mels // 2**i`` for block ``i = 1, 2, 3``, i.e. 2048 / 1024 / 512
+    dims for 64 mels and 64 channels, as in the UnFuSeD code. ``intermediate_pool="time_freq"``
+    averages over frequency too, giving ``(B, C)`` per block.
 
     Args:
         n_mels: Mel bins of the spectrogram (also passed to the front end); at least 8.
@@ -37,6 +41,8 @@ class AudioNTT(Encoder):
         embed_dim: Embedding size ``d`` (2048 in BYOL-A; e.g. 512 for a small student).
         dropout: Dropout between the two linear layers.
         frontend: Keyword arguments for :class:`LogMelFrontend` (``None`` = its defaults).
+        intermediate_pool: ``"time"`` (UnFuSeD) or ``"time_freq"``: the axes each block's
+            intermediate feature is averaged over.
 
     Example:
         >>> enc = AudioNTT(channels=32, embed_dim=512)
@@ -51,6 +57,7 @@ class AudioNTT(Encoder):
         embed_dim: int = 2048,
         dropout: float = 0.3,
         frontend: dict[str, Any] | None = None,
+        intermediate_pool: str = "time",
     ) -> None:
         super().__init__()
         frontend = dict(frontend or {})
@@ -62,9 +69,15 @@ class AudioNTT(Encoder):
             raise ValueError(f"channels and embed_dim must be positive, got {channels} and {embed_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if intermediate_pool not in _POOLS:
+            raise ValueError(f"intermediate_pool must be one of {_POOLS}, got {intermediate_pool!r}")
         self.n_mels = n_mels
         self.embed_dim = embed_dim
-        self.intermediate_dims = [channels] * _NUM_BLOCKS
+        self.intermediate_pool = intermediate_pool
+        if intermediate_pool == "time":
+            self.intermediate_dims = [channels * (n_mels // 2**i) for i in range(1, _NUM_BLOCKS + 1)]
+        else:
+            self.intermediate_dims = [channels] * _NUM_BLOCKS
         self.frontend = LogMelFrontend(**frontend)
         layers: list[nn.Module] = []
         in_ch = 1
@@ -84,6 +97,12 @@ class AudioNTT(Encoder):
         """Waveform ``(B, T)`` / ``(B, 1, T)`` -> normalised log-mel ``(B, 1, n_mels, frames)``."""
         return self.frontend(x)
 
+    def _pool(self, z: Tensor) -> Tensor:
+        """Block output ``(B, C, F, T)`` -> its intermediate feature (see the class docstring)."""
+        if self.intermediate_pool == "time_freq":
+            return z.mean(dim=(2, 3))
+        return z.mean(dim=3).transpose(1, 2).flatten(1)  # (B, F * C), mel-major like the fc input
+
     def forward_intermediates(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Embed a log-mel batch.
 
@@ -91,7 +110,7 @@ class AudioNTT(Encoder):
             z: Log-mel spectrogram ``(B, 1, n_mels, frames)`` with ``frames >= 8``.
 
         Returns:
-            ``(embedding (B, embed_dim), [block features (B, channels)] * 3)``.
+            ``(embedding (B, embed_dim), [block features (B, intermediate_dims[i])] * 3)``.
 
         Raises:
             ValueError: ``z`` has the wrong shape.
@@ -106,7 +125,7 @@ class AudioNTT(Encoder):
         for i, layer in enumerate(self.features):
             z = layer(z)
             if i % _LAYERS_PER_BLOCK == _LAYERS_PER_BLOCK - 1:
-                block_features.append(z.mean(dim=(2, 3)))
+                block_features.append(self._pool(z))
         z = z.permute(0, 3, 2, 1)  # (B, T', F', C), BYOL-A's order
         z = self.fc(z.flatten(2))  # (B, T', d)
         embedding = z.amax(dim=1) + z.mean(dim=1)

@@ -6,7 +6,7 @@ device, batch-wise:
 
 * :meth:`Encoder.preprocess` is the front end (a log-mel spectrogram for audio, identity for images);
 * :meth:`Encoder.forward_embed` maps the preprocessed batch to the embedding;
-* :meth:`Encoder.forward_intermediates` also returns one pooled ``(B, C_i)`` feature per block, for
+* :meth:`Encoder.forward_intermediates` also returns one pooled ``(B, D_i)`` feature per block, for
   multi-exit heads (self-distillation).
 
 ``forward(x) == forward_embed(preprocess(x))``. Callbacks only ever call ``encoder(x)``.
@@ -42,7 +42,7 @@ class Encoder(nn.Module):
         return x
 
     def forward_intermediates(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Map a preprocessed batch to ``(embedding (B, D), [pooled block features (B, C_i)])``."""
+        """Map a preprocessed batch to ``(embedding (B, D), [pooled block features (B, D_i)])``."""
         raise NotImplementedError
 
     def forward_embed(self, z: Tensor) -> Tensor:

@@ -4,8 +4,8 @@ The settings follow BYOL-A (Niizumi et al., "BYOL for Audio: Self-Supervised Lea
 General-Purpose Audio Representation", 2021, arXiv 2103.06695), which UnFuSeD (Ghosh et al.,
 "UnFuSeD: UNsupervised Finetuning Using SElf supervised Distillation", 2023, arXiv 2303.05668)
 reuses: 16 kHz mono, STFT with n_fft 1024 and a 1024-sample Hann window, hop 160 (10 ms), 64 mel bins
-between 60 and 7800 Hz, power spectrum, ``log(x + eps)``, then normalisation with the dataset's
-mean and standard deviation.
+between 60 and 7800 Hz, power spectrum, ``log(x + eps)``, then normalisation with the running mean
+and standard deviation of the training data seen so far (BYOL-A's ``RunningNorm``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,85 @@ from fewlabel.plugins.encoders.base import check_input
 DEFAULT_LOG_EPS: float = float(torch.finfo(torch.float32).eps)
 
 
+class RunningNorm(nn.Module):
+    """Normalise with the running mean and standard deviation of all training values seen.
+
+    In training mode a call first folds the batch into the running estimates, then returns
+    ``(x - mean) / std`` with the updated estimates; in eval mode it uses the stored estimates and
+    changes nothing. The mean and std are scalars over every value seen, as in BYOL-A's
+    ``RunningNorm`` (arXiv 2103.06695), which UnFuSeD (arXiv 2303.05668) uses: batches are
+    normalised with statistics of the data seen so far, not with their own.
+
+    With ``momentum=None`` the estimates are the exact mean and (population) variance of all values
+    seen, combined batch by batch in float64 (the parallel update of Chan et al., 1979). A float
+    ``momentum`` gives exponential averages, ``stat = (1 - momentum) * stat + momentum * batch_stat``,
+    started from the first batch's statistics. ``std`` is clamped to at least float32 ``eps``, as in
+    BYOL-A. Before any training batch the estimates are mean 0 and variance 1 (the identity).
+
+    The state is three buffers saved in the ``state_dict``: ``running_mean`` and ``running_var``
+    (float64 scalars) and ``num_values`` (int64, the number of values folded in).
+
+    Args:
+        momentum: ``None`` for the cumulative average, else the exponential-average weight in (0, 1].
+
+    Example:
+        >>> norm = RunningNorm()
+        >>> a, b = torch.randn(2, 1, 4, 5), torch.randn(3, 1, 4, 5)
+        >>> _ = norm(a)
+        >>> out = norm(b)  # normalised with the statistics of a and b together
+    """
+
+    running_mean: Tensor
+    running_var: Tensor
+    num_values: Tensor
+
+    def __init__(self, momentum: float | None = None) -> None:
+        super().__init__()
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be None (cumulative average) or in (0, 1], got {momentum}")
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("running_var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("num_values", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold the values of ``x`` into the running estimates."""
+        var, mean = torch.var_mean(x.detach().double(), correction=0)
+        n = x.numel()
+        if self.momentum is None:
+            seen = self.num_values.double()
+            total = seen + n
+            delta = mean - self.running_mean
+            new_mean = self.running_mean + delta * (n / total)
+            new_var = (seen * self.running_var + n * var + delta.square() * seen * (n / total)) / total
+        else:
+            first = self.num_values == 0
+            m = self.momentum
+            new_mean = torch.where(first, mean, (1 - m) * self.running_mean + m * mean)
+            new_var = torch.where(first, var, (1 - m) * self.running_var + m * var)
+        self.running_mean.copy_(new_mean)
+        self.running_var.copy_(new_var)
+        self.num_values.add_(n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Update the estimates (training mode only), then normalise ``x`` with them.
+
+        Args:
+            x: A floating-point tensor of any shape.
+
+        Returns:
+            ``(x - running_mean) / running_std`` in the dtype of ``x``.
+        """
+        if self.training:
+            self.update(x)
+        std = self.running_var.sqrt().clamp_min(torch.finfo(torch.float32).eps)
+        return (x - self.running_mean.to(x.dtype)) / std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"
+
+
 class LogMelFrontend(nn.Module):
     """Waveform ``(B, T)`` or ``(B, 1, T)`` -> normalised log-mel spectrogram ``(B, 1, n_mels, frames)``.
 
@@ -27,11 +106,12 @@ class LogMelFrontend(nn.Module):
     normalisation, centred reflect-padded frames, so ``frames = T // hop_length + 1``; 101 frames for
     one second at 16 kHz). The log is ``log(mel + eps)``.
 
-    Normalisation (``normalize=True``) is a ``BatchNorm2d(1, affine=False)``: in training mode it uses
-    the batch's mean and variance and updates running estimates; in eval mode it uses the running
-    estimates. With ``norm_momentum=None`` (the default) the running estimates are the cumulative
-    average over all training batches seen, i.e. an estimate of the dataset statistics that BYOL-A
-    precomputes. ``normalize=False`` returns the raw log-mel.
+    Normalisation (``normalize=True``) is a :class:`RunningNorm` (``self.norm``): in training mode it
+    folds the batch into running estimates of the mean and variance of all log-mel values seen, then
+    normalises the batch with the updated estimates; in eval mode it uses the stored estimates. With
+    ``norm_momentum=None`` (the default) the estimates are the exact cumulative mean and variance over
+    all training batches, i.e. the dataset statistics that BYOL-A and UnFuSeD normalise with.
+    ``normalize=False`` returns the raw log-mel.
 
     The whole front end runs in float32 with autocast disabled, whatever the input dtype, so that
     the log and the normalisation are computed at full precision under mixed-precision training.
@@ -47,7 +127,8 @@ class LogMelFrontend(nn.Module):
         power: Exponent of the magnitude spectrogram (2 = power).
         eps: Added to the mel spectrogram before the log.
         normalize: Normalise with running mean/std (see above).
-        norm_momentum: ``BatchNorm2d`` momentum of the running estimates; ``None`` = cumulative average.
+        norm_momentum: ``None`` = cumulative average of all values seen; a float in (0, 1] =
+            exponential average with that weight on each new batch (see :class:`RunningNorm`).
 
     Example:
         >>> frontend = LogMelFrontend()
@@ -89,7 +170,7 @@ class LogMelFrontend(nn.Module):
             n_mels=n_mels,
             power=power,
         )
-        self.norm: nn.Module = nn.BatchNorm2d(1, affine=False, momentum=norm_momentum) if normalize else nn.Identity()
+        self.norm: nn.Module = RunningNorm(norm_momentum) if normalize else nn.Identity()
 
     def num_frames(self, num_samples: int) -> int:
         """Number of output frames for a waveform of ``num_samples`` samples (centred frames)."""

@@ -41,8 +41,19 @@ def create_encoder(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: ``name`` is not registered; the message lists the valid names.
     """
+    constructor = encoder_constructor(name)
     if name.startswith("timm:"):
-        return _ENCODERS["timm"](model_name=name.split(":", 1)[1], **kwargs)
-    if name not in _ENCODERS:
+        return constructor(model_name=name.split(":", 1)[1], **kwargs)
+    return constructor(**kwargs)
+
+
+def encoder_constructor(name: str) -> Callable[..., nn.Module]:
+    """The constructor :func:`create_encoder` calls for ``name`` (the timm wrapper for ``"timm:<model>"``).
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the valid names.
+    """
+    key = "timm" if name.startswith("timm:") else name
+    if key not in _ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {list_encoders()} or 'timm:<model name>'")
-    return _ENCODERS[name](**kwargs)
+    return _ENCODERS[key]

@@ -5,7 +5,6 @@ Used by UnFuSeD (arXiv 2303.05668) stage 3 to train a fresh student on pseudo-la
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,14 +12,18 @@ from torch import Tensor, nn
 class MultiExitDistillationLoss(nn.Module):
     """``CE(final) + a * sum CE(aux_i) + b * sum KL(p_final || p_aux_i) + c * sum mean(2 - 2 cos(aux_i, final))``.
 
-    The final exit is the teacher of the auxiliary exits: its softened probabilities and its logits
-    are detached in the KL and cosine terms. All terms run in float32 (mixed-precision safe).
+    The final exit is the teacher of the auxiliary exits. As in the UnFuSeD code, nothing is
+    detached by default: the KL and cosine terms send gradients into the final exit too.
+    ``detach_teacher=True`` detaches the final exit's probabilities and logits in those terms, so
+    the final exit learns from its own cross-entropy only. The KL is ``batchmean``-reduced; all
+    terms run in float32 (mixed-precision safe).
 
     Args:
         aux_ce_weight: Weight ``a`` of the auxiliary cross-entropies (0.7 in the UnFuSeD code).
         kl_weight: Weight ``b`` of the KL terms (0.3).
         feature_weight: Weight ``c`` of the normalised-logit L2 terms (0.003).
         temperature: Softmax temperature of the KL terms (1.0); the KL is scaled by ``T**2``.
+        detach_teacher: Stop the KL and cosine gradients from reaching the final exit.
 
     Returns (forward):
         ``(total_loss, parts)`` where ``parts`` holds the detached ``ce``, ``aux_ce``, ``kl``,
@@ -28,18 +31,30 @@ class MultiExitDistillationLoss(nn.Module):
     """
 
     def __init__(self, aux_ce_weight: float = 0.7, kl_weight: float = 0.3, feature_weight: float = 0.003,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, detach_teacher: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.aux_ce_weight, self.kl_weight, self.feature_weight = aux_ce_weight, kl_weight, feature_weight
         self.temperature = temperature
+        self.detach_teacher = detach_teacher
 
     def forward(self, final: Tensor, aux: list[Tensor], target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the loss.
+
+        Args:
+            final: Final-exit logits ``(B, K)``.
+            aux: Auxiliary-exit logits, each ``(B, K)``.
+            target: Class indices ``(B,)``.
+
+        Returns:
+            ``(total_loss, parts)`` as described above.
+        """
         final = final.float()
         t = self.temperature
-        teacher_prob = F.softmax(final.detach() / t, dim=-1)
-        teacher_dir = F.normalize(final.detach(), dim=-1)
+        teacher = final.detach() if self.detach_teacher else final
+        teacher_prob = F.softmax(teacher / t, dim=-1)
+        teacher_dir = F.normalize(teacher, dim=-1)
         ce = F.cross_entropy(final, target)
         zero = final.new_zeros(())
         aux_ce, kl, feature = zero, zero, zero

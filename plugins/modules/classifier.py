@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from fewlabel.plugins.encoders import RunningNorm
 from fewlabel.plugins.modules.common import build_encoder, check_encoder, check_finite, make_views
 from fewlabel.plugins.modules.optim import build_optimizer, check_optimizer
 
@@ -19,7 +20,9 @@ class Classifier(L.LightningModule):
     """Encoder + linear head trained with cross-entropy on labeled samples (label ``-1`` is ignored).
 
     ``freeze_encoder=True`` is linear evaluation: the encoder stays in eval mode without gradients.
-    Otherwise the whole network is fine-tuned, the encoder at ``lr * encoder_lr_scale``.
+    Otherwise the whole network is fine-tuned, the encoder at ``lr * encoder_lr_scale``. The
+    constructor sets the encoder's ``requires_grad`` from ``freeze_encoder`` and fitting starts in
+    train mode, whatever flags the encoder arrived with.
     Logs ``val/acc`` and ``test/acc`` (torchmetrics, synchronised across ranks).
 
     Args:
@@ -30,10 +33,11 @@ class Classifier(L.LightningModule):
         optimizer, lr, weight_decay, warmup_fraction: Adam lr 1e-3 in the reference code.
         encoder_lr_scale: Encoder learning rate relative to the head's.
         label_smoothing: Cross-entropy label smoothing.
-        bn_eval: Keep the encoder's BatchNorm layers in eval mode while fine-tuning (their running
-            statistics stay frozen and are used in training too; their affine weights still learn), a
-            common few-shot practice: statistics of a few labeled samples per batch are noisy, and a
-            short fine-tune leaves the running averages far from the data. ``False`` = today's behaviour.
+        bn_eval: Keep the encoder's BatchNorm layers (and a log-mel front end's running normaliser) in
+            eval mode while fine-tuning: their running statistics stay frozen and are used in training
+            too; their affine weights still learn. A common few-shot practice: statistics of a few
+            labeled samples per batch are noisy, and a short fine-tune leaves the running averages far
+            from the data. ``False``: they update as in ordinary training.
     """
 
     def __init__(
@@ -53,15 +57,19 @@ class Classifier(L.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        check_optimizer(optimizer)
+        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters(ignore=["encoder", "augment"])
         self.encoder = build_encoder(encoder)
         self.augment = augment
         self.head = nn.Linear(check_encoder(self.encoder), num_classes)
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
+        # set, never assume: an encoder handed over by another stage may arrive frozen or in eval mode
+        self.encoder.requires_grad_(not freeze_encoder)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def on_fit_start(self) -> None:
+        """Enter train mode (Lightning keeps the mode a module arrives in) with the encoder's modes held."""
+        self.train()
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
@@ -70,12 +78,12 @@ class Classifier(L.LightningModule):
         return self
 
     def _hold_encoder_modes(self) -> None:
-        """A frozen encoder stays in eval mode; with ``bn_eval`` its BatchNorm layers do."""
+        """A frozen encoder stays in eval mode; with ``bn_eval`` its running-statistics layers do."""
         if self.hparams.freeze_encoder:
             self.encoder.eval()
         elif self.hparams.bn_eval:
             for layer in self.encoder.modules():
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                if isinstance(layer, (nn.modules.batchnorm._BatchNorm, RunningNorm)):
                     layer.eval()
 
     def forward(self, x: Tensor) -> Tensor:

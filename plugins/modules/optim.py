@@ -12,9 +12,20 @@ from fewlabel.plugins.schedules import cosine_schedule
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def check_optimizer(name: str) -> None:
+def check_optimizer(name: str, lr: float = 1.0, weight_decay: float = 0.0, warmup_fraction: float = 0.0) -> None:
+    """Fail at construction, not at the first step, on an unknown optimizer or an impossible value.
+
+    Raises:
+        ValueError: naming the argument and the valid values.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
 
 
 def build_optimizer(module: L.LightningModule, params: Any, *, name: str, lr: float, weight_decay: float,

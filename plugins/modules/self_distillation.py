@@ -19,11 +19,22 @@ from fewlabel.plugins.modules.pseudo_labels import PseudoLabelMixin
 
 
 def aux_head(in_dim: int, hidden_dim: int, num_classes: int) -> nn.Sequential:
-    """Auxiliary exit: 2 x [Linear (no bias), BatchNorm, ReLU] then Linear -> classes."""
+    """Auxiliary exit: 2 x [Linear (no bias), BatchNorm, ReLU] then Linear (no bias) -> classes.
+
+    The UnFuSeD code builds this head with ``hidden_dim = num_classes``.
+
+    Args:
+        in_dim: Size of the block feature the head reads.
+        hidden_dim: Width of the two hidden layers.
+        num_classes: Number of output logits.
+
+    Returns:
+        The head, mapping ``(B, in_dim)`` to ``(B, num_classes)`` logits.
+    """
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
         nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, num_classes),
+        nn.Linear(hidden_dim, num_classes, bias=False),
     )
 
 
@@ -38,8 +49,11 @@ class SelfDistillation(PseudoLabelMixin, L.LightningModule):
         num_classes: Number of pseudo-label classes (k of the k-means).
         num_samples: Length of the pseudo-label table (0 = let the callback size it).
         augment: Batch-wise augmentation after the encoder's front end.
-        aux_hidden_dim: Hidden width of the auxiliary heads.
+        aux_hidden_dim: Hidden width of the auxiliary heads; ``None`` = ``num_classes``, as in the
+            UnFuSeD code.
         aux_ce_weight, kl_weight, feature_weight, temperature: Loss weights (0.7 / 0.3 / 0.003, T=1).
+        detach_teacher: Detach the final exit in the KL and cosine terms; by default (the UnFuSeD
+            code) they send gradients into it too (see :class:`MultiExitDistillationLoss`).
         optimizer, lr, weight_decay, momentum, warmup_fraction: SGD lr 0.03, momentum 0.9, wd 1e-4
             in the reference code; warm-up + cosine per step.
     """
@@ -50,11 +64,12 @@ class SelfDistillation(PseudoLabelMixin, L.LightningModule):
         num_classes: int,
         num_samples: int = 0,
         augment: nn.Module | None = None,
-        aux_hidden_dim: int = 256,
+        aux_hidden_dim: int | None = None,
         aux_ce_weight: float = 0.7,
         kl_weight: float = 0.3,
         feature_weight: float = 0.003,
         temperature: float = 1.0,
+        detach_teacher: bool = False,
         optimizer: str = "sgd",
         lr: float = 0.03,
         weight_decay: float = 1e-4,
@@ -64,14 +79,17 @@ class SelfDistillation(PseudoLabelMixin, L.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        check_optimizer(optimizer)
+        if aux_hidden_dim is not None and aux_hidden_dim < 1:
+            raise ValueError(f"aux_hidden_dim must be None (= num_classes) or >= 1, got {aux_hidden_dim}")
+        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters(ignore=["encoder", "augment"])
         self.encoder = build_encoder(encoder)
         embed_dim = check_encoder(self.encoder, intermediates=True)
         self.augment = augment
         self.head = nn.Linear(embed_dim, num_classes)
-        self.aux_heads = nn.ModuleList(aux_head(c, aux_hidden_dim, num_classes) for c in self.encoder.intermediate_dims)
-        self.loss = MultiExitDistillationLoss(aux_ce_weight, kl_weight, feature_weight, temperature)
+        hidden = num_classes if aux_hidden_dim is None else aux_hidden_dim
+        self.aux_heads = nn.ModuleList(aux_head(c, hidden, num_classes) for c in self.encoder.intermediate_dims)
+        self.loss = MultiExitDistillationLoss(aux_ce_weight, kl_weight, feature_weight, temperature, detach_teacher)
         self.init_pseudo_labels(num_samples)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.unfused import run_unfused
+from fewlabel.plugins.recipes.validate import RecipeError, check_config
 
-__all__ = ["load_config", "run_unfused"]
+__all__ = ["RecipeError", "check_config", "load_config", "run_unfused"]

@@ -51,13 +51,16 @@ def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logge
 
 def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logger: Logger | bool,
                  callbacks: list[L.Callback], progress: bool, checkpoint: bool) -> L.Trainer:
-    """A ``lightning.Trainer`` from the global ``trainer`` section updated with the stage's own."""
+    """A ``lightning.Trainer`` from the recipe's defaults, updated with the global ``trainer`` section and
+    then with the stage's own (so ``--trainer.enable_progress_bar false`` wins over ``progress``).
+
+    ``logger``, ``callbacks`` and ``enable_checkpointing`` belong to the recipe (the config check refuses them).
+    """
     kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "enable_model_summary": False,
-                              "log_every_n_steps": 10, "num_sanity_val_steps": 0}
+                              "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_progress_bar": progress}
     kwargs.update(config.get("trainer") or {})
     kwargs.update(stage_trainer or {})
-    return L.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=progress,
-                     enable_checkpointing=checkpoint, **kwargs)
+    return L.Trainer(logger=logger, callbacks=callbacks, enable_checkpointing=checkpoint, **kwargs)
 
 
 def close_logger(logger: Logger | bool) -> None:

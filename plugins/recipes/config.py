@@ -9,13 +9,15 @@ from typing import Any
 
 import yaml
 
+from fewlabel.plugins.recipes.validate import RecipeError
+
 
 def default_config(recipe: str) -> dict[str, Any]:
     """The packaged default configuration of ``recipe`` (the embedded digits data)."""
     name = f"{recipe}_digits.yaml"
     path = resources.files("fewlabel.plugins.recipes").joinpath("configs", name)
     if not path.is_file():
-        raise ValueError(f"no packaged default config for recipe {recipe!r}")
+        raise RecipeError(f"no packaged default config for recipe {recipe!r}")
     return yaml.safe_load(path.read_text())
 
 
@@ -43,31 +45,37 @@ def load_config(recipe: str, path: str | Path | None = None, overrides: list[str
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: An override is malformed or its value is not valid YAML.
+        RecipeError: The file is not valid YAML, an override is malformed or its value is not valid YAML.
     """
     config = default_config(recipe)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"config file {path} is not valid YAML{at}: {problem}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+            raise RecipeError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         config = merge(config, loaded)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must look like 'section.key=value'")
+            raise RecipeError(f"override {item!r} must look like 'section.key=value'")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from None
+            raise RecipeError(f"override {item!r}: value is not valid YAML ({err})") from None
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
+                raise RecipeError(f"override {item!r}: {part!r} is not a section")
             node = child
         if isinstance(value, dict) and isinstance(node.get(leaf), dict):
             node[leaf] = merge({leaf: node[leaf]}, {leaf: value})[leaf]  # like a YAML file: merge mappings

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -15,11 +19,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from fewlabel.callbacks import RNGStateKeeper
 from fewlabel.plugins.recipes.build import close_logger
+from fewlabel.plugins.recipes.validate import RecipeError
 
 FINAL = "final.ckpt"
 LAST = "last.ckpt"
 INFO = "info.json"
 SETTINGS = "settings.json"
+LOCK = ".fewlabel.lock"
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -29,21 +35,121 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def stale_keys(stored: dict[str, Any] | None, settings: dict[str, Any]) -> list[str]:
+    """The keys at which ``stored`` settings differ from ``settings`` (compared as JSON); [] if none stored."""
+    if stored is None:
+        return []
+    return _differences(json.loads(json.dumps(stored)), json.loads(json.dumps(settings)))
+
+
 def check_settings(where: Path, stored: dict[str, Any] | None, settings: dict[str, Any]) -> None:
     """Refuse to reuse or resume results that were made with other settings (never a silent mix).
 
     Raises:
-        ValueError: naming the keys that differ and what to do.
+        RecipeError: naming the keys that differ and what to do.
     """
-    if stored is None:
-        return
-    stored = json.loads(json.dumps(stored))  # compare as JSON: tuples vs lists, int keys
-    diff = _differences(stored, json.loads(json.dumps(settings)))
+    diff = stale_keys(stored, settings)
     if diff:
-        raise ValueError(
+        raise RecipeError(
             f"{where} was made with different settings (differs at: {', '.join(diff)}); "
-            f"use a new --output folder or delete {where} to recompute it"
+            f"rerun with --recompute to recompute it, use a new --output folder, or delete {where}"
         )
+
+
+def stage_results(stage_dir: Path) -> bool:
+    """Whether ``stage_dir`` holds anything a run would reuse or resume (a final or last checkpoint)."""
+    return (stage_dir / FINAL).exists() or (stage_dir / LAST).exists()
+
+
+def stored_settings(stage_dir: Path) -> dict[str, Any] | None:
+    """The stored settings of a stage folder that holds results, else ``None`` (nothing to protect)."""
+    path = stage_dir / SETTINGS
+    return json.loads(path.read_text()) if stage_results(stage_dir) and path.exists() else None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a truncated or corrupt checkpoint file before Lightning fails deep inside ``torch.load``.
+
+    Raises:
+        RecipeError: naming the file and the fix.
+    """
+    if not path.exists():
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        bad = str(err)
+    if bad is not None:
+        raise RecipeError(f"checkpoint {path} is unreadable (truncated or corrupt: {bad}); delete it to restart "
+                          f"that stage, or rerun with --recompute")
+
+
+def remove_stage(path: Path) -> None:
+    """Delete a stage folder or a result file (``--recompute``)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def check_run_folder(stages: list[tuple[str, Path, dict[str, Any] | None, dict[str, Any]]], recompute: bool) -> list[str]:
+    """Find every stage whose stored results were made with other settings, before anything runs.
+
+    Args:
+        stages: ``(name, path, stored settings or None, current settings)`` for every stage and run.
+        recompute: Delete the stale results (they are recomputed) instead of refusing.
+
+    Returns:
+        The names of the stages that were deleted.
+
+    Raises:
+        RecipeError: Stale results exist and ``recompute`` is false; the message names every stale
+            stage, the keys that differ, and the flag that recomputes them.
+    """
+    stale = [(name, path, stale_keys(stored, settings)) for name, path, stored, settings in stages]
+    stale = [(name, path, keys) for name, path, keys in stale if keys]
+    if stale and not recompute:
+        listing = "; ".join(f"{name} (differs at: {', '.join(keys)})" for name, _, keys in stale)
+        raise RecipeError(f"{len(stale)} finished or interrupted stage(s) in this --output folder were made with "
+                          f"different settings: {listing}. Rerun with --recompute to delete and recompute them, "
+                          f"or use a new --output folder")
+    if is_rank_zero():
+        for _, path, _ in stale:
+            remove_stage(path)
+    return [name for name, _, _ in stale]
+
+
+@contextlib.contextmanager
+def hold_run_folder(output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` for the duration of a run (rank 0 only).
+
+    The lock is an ``flock`` on ``output/.fewlabel.lock``: the operating system releases it when the
+    process ends, however it ends, so a killed run never leaves a stale lock behind.
+
+    Raises:
+        RecipeError: another live process holds the folder.
+    """
+    if not is_rank_zero():
+        yield
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RecipeError(f"{output} is in use by a running fewlabel command ({owner}); wait for it to finish "
+                              f"or choose another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_rank_zero() -> bool:
@@ -54,7 +160,12 @@ def is_rank_zero() -> bool:
 def load_weights(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
     """Load a checkpoint's ``state_dict`` into ``module`` (the file is one this recipe wrote)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise RecipeError(f"{checkpoint} does not fit the module this configuration builds (written by another "
+                          f"fewlabel version?): {str(err).splitlines()[0]}; delete {checkpoint.parent} to recompute "
+                          f"that stage") from err
     return module
 
 
@@ -96,15 +207,17 @@ def fit_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
     final, info_path, settings_path = stage_dir / FINAL, stage_dir / INFO, stage_dir / SETTINGS
     settings = settings or {}
-    check_settings(stage_dir, json.loads(settings_path.read_text()) if settings_path.exists() else None, settings)
-    if not settings_path.exists() and is_rank_zero():
+    check_settings(stage_dir, stored_settings(stage_dir), settings)
+    if is_rank_zero():  # describes what the folder will hold; no results yet means nothing to protect
         write_json(settings_path, settings)
     if final.exists() and info_path.exists():
+        check_checkpoint(final)
         return load_weights(module, final), json.loads(info_path.read_text()), True
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                  enable_version_counter=False)
     trainer = make_trainer([*callbacks, RNGStateKeeper(), checkpoint])
     last = stage_dir / LAST
+    check_checkpoint(last)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     except FloatingPointError as err:

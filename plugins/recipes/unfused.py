@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,13 @@ from fewlabel.callbacks import PseudoLabeler
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.augment import create_augment
 from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
-from fewlabel.plugins.modules.common import build_encoder
-from fewlabel.plugins.recipes.build import close_logger, make_datamodule, make_logger, make_trainer
+from fewlabel.plugins.modules.common import build_encoder, make_views
+from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
-from fewlabel.plugins.recipes.stage import check_settings, fit_stage, is_rank_zero, write_json
-
-ENCODER_SOURCES = ("teacher", "student", "scratch")
+from fewlabel.plugins.recipes.stage import (
+    check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
+)
+from fewlabel.plugins.recipes.validate import COSMETIC_TRAINER_KEYS, RecipeError, check_config
 
 
 def _augment(spec: dict[str, Any] | None) -> nn.Module | None:
@@ -50,23 +52,142 @@ def _say(message: str) -> None:
     print(f"[fewlabel] {message}", flush=True)
 
 
+def _settings(config: dict[str, Any], keys: tuple[str, ...], **extra: Any) -> dict[str, Any]:
+    """The configuration a stage's result depends on: ``keys`` (+ ``extra``), without cosmetic trainer keys."""
+    picked = copy.deepcopy({**{key: config.get(key) for key in keys}, **extra})
+    for section in [picked, *(v for v in picked.values() if isinstance(v, dict))]:
+        trainer = section.get("trainer")
+        if isinstance(trainer, dict):
+            section["trainer"] = {k: v for k, v in trainer.items() if k not in COSMETIC_TRAINER_KEYS}
+    return picked
+
+
+TEACHER_KEYS = ("seed", "num_threads", "data", "trainer", "teacher")
+STUDENT_KEYS = (*TEACHER_KEYS, "pseudo_labels", "student")
+
+
+def build_teacher(config: dict[str, Any], dm: FewLabelDataModule) -> DeepClusterV2:
+    """Stage 1's module, as configured."""
+    cfg = config["teacher"]
+    return DeepClusterV2(cfg["encoder"], num_samples=dm.num_unlabeled, augment=_augment(cfg.get("augment")),
+                         **(cfg.get("module") or {}))
+
+
+def build_student(config: dict[str, Any], dm: FewLabelDataModule,
+                  teacher: nn.Module | None) -> tuple[SelfDistillation, PseudoLabeler]:
+    """Stage 3's module and the stage-2 callback that labels the pool for it."""
+    cfg, pl_cfg = config["student"], dict(config.get("pseudo_labels") or {})
+    k = pl_cfg.pop("num_clusters", None) or dm.num_classes
+    module = SelfDistillation(cfg["encoder"], num_classes=k, num_samples=dm.num_unlabeled,
+                              augment=_augment(cfg.get("augment")), **(cfg.get("module") or {}))
+    return module, PseudoLabeler(num_clusters=k, teacher=teacher, **pl_cfg)
+
+
+def build_classifier(config: dict[str, Any], dm: FewLabelDataModule, spec: dict[str, Any],
+                     encoders: dict[str, nn.Module]) -> Classifier:
+    """Stage 4's module for one method: a copy of its encoder (or a fresh one) + a linear head."""
+    source = spec.get("encoder_from", "scratch")
+    encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
+    return Classifier(encoder, num_classes=dm.num_classes, augment=_augment(spec.get("augment")),
+                      **(spec.get("module") or {}))
+
+
+def finetune_runs(config: dict[str, Any], output: Path) -> Iterator[tuple[str, int, int, dict[str, Any], dict[str, Any], Path]]:
+    """Every stage-4 run: ``(method, labels_per_class, seed, spec, settings, result file)``."""
+    cfg = config["finetune"]
+    base = {key: cfg[key] for key in ("augment", "module", "trainer") if key in cfg}
+    methods = cfg.get("methods") or {}
+    for method in methods:
+        spec = merge(base, methods[method] or {})
+        # everything the run depends on: its own spec and every upstream section (not the other methods)
+        settings = _settings(config, tuple(key for key in config if key != "finetune"), finetune=spec)
+        for k in cfg["labels_per_class"]:
+            for seed in cfg["seeds"]:
+                yield method, k, seed, spec, settings, output / "finetune" / method / f"lpc{k}_seed{seed}.json"
+
+
+def plan_stages(config: dict[str, Any], output: Path) -> list[tuple[str, Path, dict[str, Any] | None, dict[str, Any]]]:
+    """``(name, path, stored settings, settings)`` of every stage and fine-tune run, for the up-front check."""
+    stages = [("teacher", output / "teacher", stored_settings(output / "teacher"), _settings(config, TEACHER_KEYS)),
+              ("student", output / "student", stored_settings(output / "student"), _settings(config, STUDENT_KEYS))]
+    for method, k, seed, _, settings, path in finetune_runs(config, output):
+        stored = json.loads(path.read_text()).get("settings") if path.exists() else None
+        stages.append((f"finetune {method} {k} labels/class draw {seed}", path, stored, settings))
+    return stages
+
+
+def _checked(where: str, make: Callable[[], Any], hint: str = "") -> Any:
+    """Run ``make``; turn any error into a one-line RecipeError naming ``where``."""
+    try:
+        return make()
+    except RecipeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure here is a configuration problem
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"{where}: {message}{hint}") from err
+
+
+def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
+    """Build every module and trainer once and push two samples of the real data through each.
+
+    Raises:
+        RecipeError: naming the section whose settings do not fit the data or this machine.
+    """
+    _checked("finetune.labels_per_class", lambda: dm.check_label_budget(config["finetune"]["labels_per_class"]))
+    batch = next(iter(dm.unlabeled_dataloader(train=False)))
+    batch = {"input": batch["input"][:2]}
+    shape = tuple(batch["input"].shape[1:])
+    hint = f" (one data sample has shape {shape}; match the encoder to the data, e.g. its in_chans or n_mels)"
+    for where in ("teacher", "student"):
+        channels, expected = getattr(dm, "channels", None), config[where]["encoder"].get("in_chans")
+        if channels is not None and expected is not None and channels != expected:
+            raise RecipeError(f"the data have {channels}-channel images (data.channels) but {where}.encoder.in_chans "
+                              f"is {expected}: set --{where}.encoder.in_chans {channels} or --data.channels {expected}")
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # the trainers built here are not the run's: no device banners
+    here = ", ".join(["cpu", *(["cuda"] if torch.cuda.is_available() else []),
+                      *(["mps"] if torch.backends.mps.is_available() else [])])
+    try:
+        _checked("trainer", lambda: make_trainer(config, {}, logger=False, callbacks=[], progress=False,
+                                                 checkpoint=False), f" (accelerators on this machine: {here})")
+        with torch.no_grad():
+            teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
+            _checked("teacher.encoder", lambda: teacher.project(make_views(teacher.encoder, batch, teacher.augment, 1)[0]),
+                     hint)
+            student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
+            student.eval()
+            _checked("student.encoder", lambda: student.forward_exits(make_views(student.encoder, batch,
+                                                                                 student.augment, 1)[0]), hint)
+            encoders = {"teacher": teacher.encoder, "student": student.encoder}
+            for method, _, _, spec, _, _ in finetune_runs(config, Path()):
+                where = f"finetune.methods.{method}"
+                clf = _checked(where, lambda: build_classifier(config, dm, spec, encoders).eval())
+                _checked(f"{where} encoder", lambda: clf.head(clf.encoder.forward_embed(
+                    make_views(clf.encoder, batch, clf.augment, 1)[0])), hint)
+                _checked(f"{where}.trainer", lambda: make_trainer(config, spec.get("trainer") or {}, logger=False,
+                                                                  callbacks=[], progress=False, checkpoint=False))
+        for where in ("teacher", "student"):
+            _checked(f"{where}.trainer", lambda: make_trainer(config, config[where].get("trainer") or {},
+                                                              logger=False, callbacks=[], progress=False,
+                                                              checkpoint=True))
+    finally:
+        lightning_log.setLevel(level)
+
 
 def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> DeepClusterV2:
     """Stage 1: DeepCluster-v2 on the unlabeled pool."""
-    cfg = config["teacher"]
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
-    module = DeepClusterV2(cfg["encoder"], num_samples=dm.num_unlabeled, augment=_augment(cfg.get("augment")),
-                           **cfg.get("module", {}))
+    module = build_teacher(config, dm)
     dm.train_split = "unlabeled"
     _say("stage 1/4 teacher: DeepCluster-v2 on the unlabeled pool")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        return make_trainer(config, {"limit_val_batches": 0, **cfg.get("trainer", {})}, callbacks=callbacks,
-                            logger=make_logger(logger, output, "teacher", "unfused"), progress=True,
-                            checkpoint=True)
+        return make_trainer(config, {"limit_val_batches": 0, **(config["teacher"].get("trainer") or {})},
+                            callbacks=callbacks, logger=make_logger(logger, output, "teacher", "unfused"),
+                            progress=True, checkpoint=True)
 
-    settings = {key: config.get(key) for key in ("seed", "num_threads", "data", "trainer", "teacher")}
-    module, _, reused = fit_stage(output / "teacher", module, dm, trainer, [], settings)
+    module, _, reused = fit_stage(output / "teacher", module, dm, trainer, [], _settings(config, TEACHER_KEYS))
     if reused:
         _say("  reused the finished teacher")
     return module
@@ -75,24 +196,19 @@ def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, lo
 def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Module, output: Path,
                 logger: str) -> tuple[SelfDistillation, dict[str, float]]:
     """Stages 2 + 3: teacher pseudo-labels, then multi-exit self-distillation into a fresh student."""
-    cfg, pl_cfg = config["student"], dict(config.get("pseudo_labels") or {})
-    k = pl_cfg.pop("num_clusters", None) or dm.num_classes
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
-    module = SelfDistillation(cfg["encoder"], num_classes=k, num_samples=dm.num_unlabeled,
-                              augment=_augment(cfg.get("augment")), **cfg.get("module", {}))
-    labeler = PseudoLabeler(num_clusters=k, teacher=teacher, **pl_cfg)
+    module, labeler = build_student(config, dm, teacher)
     dm.train_split = "unlabeled"
-    _say(f"stage 2/4 pseudo-labels: teacher embeddings -> PCA-whitening -> k-means (k={k})")
+    _say(f"stage 2/4 pseudo-labels: teacher embeddings -> PCA-whitening -> k-means (k={module.hparams.num_classes})")
     _say("stage 3/4 student: multi-exit self-distillation on the pseudo-labels")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        return make_trainer(config, {"limit_val_batches": 0, **cfg.get("trainer", {})}, callbacks=callbacks,
-                            logger=make_logger(logger, output, "student", "unfused"), progress=True,
-                            checkpoint=True)
+        return make_trainer(config, {"limit_val_batches": 0, **(config["student"].get("trainer") or {})},
+                            callbacks=callbacks, logger=make_logger(logger, output, "student", "unfused"),
+                            progress=True, checkpoint=True)
 
-    settings = {key: config.get(key) for key in ("seed", "num_threads", "data", "trainer", "teacher",
-                                                  "pseudo_labels", "student")}
-    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler], settings,
+    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler],
+                                     _settings(config, STUDENT_KEYS),
                                      describe=lambda: {"pseudo_labels": dict(labeler.metrics)})
     if reused:
         _say("  reused the finished student")
@@ -103,13 +219,13 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
 
 
 def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
-                  encoder: nn.Module, k: int, seed: int, output: Path, logger: str,
+                  encoders: dict[str, nn.Module], k: int, seed: int, output: Path, logger: str,
                   parent: Logger | bool) -> dict[str, Any]:
     dm.draw_labels(k, seed)
     dm.train_split = "labeled"
-    module = Classifier(encoder, num_classes=dm.num_classes, augment=_augment(spec.get("augment")),
-                        **spec.get("module", {}))
-    trainer = make_trainer(config, {"check_val_every_n_epoch": 10**6, **spec.get("trainer", {})}, callbacks=[],
+    L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
+    module = build_classifier(config, dm, spec, encoders)
+    trainer = make_trainer(config, {"check_val_every_n_epoch": 10**6, **(spec.get("trainer") or {})}, callbacks=[],
                            logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune",
                                               parent=parent, prefix=f"{method}/lpc{k}/seed{seed}"),
                            progress=False, checkpoint=False)
@@ -126,32 +242,21 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
                  logger: str) -> list[dict[str, Any]]:
     """Stage 4: every method x label budget x label draw; one JSON file per finished run."""
     cfg = config["finetune"]
-    base = {key: cfg[key] for key in ("augment", "module", "trainer") if key in cfg}
-    methods = cfg.get("methods") or {}
-    runs = [(m, k, s) for m in methods for k in cfg["labels_per_class"] for s in cfg["seeds"]]
-    _say(f"stage 4/4 fine-tune: {len(methods)} methods x {len(cfg['labels_per_class'])} budgets x "
+    runs = list(finetune_runs(config, output))
+    _say(f"stage 4/4 fine-tune: {len(cfg.get('methods') or {})} methods x {len(cfg['labels_per_class'])} budgets x "
          f"{len(cfg['seeds'])} label draws = {len(runs)} runs")
     results: list[dict[str, Any]] = []
     parent = make_logger(logger, output, "finetune", "unfused") if logger.startswith("wandb") else False
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # 45 short runs: keep the console readable
-    for i, (method, k, seed) in enumerate(runs, 1):
-        path = output / "finetune" / method / f"lpc{k}_seed{seed}.json"
-        spec = merge(base, methods[method] or {})
-        # everything the run depends on: its own spec and every upstream section (not the other methods)
-        settings = {**{key: value for key, value in config.items() if key != "finetune"}, "finetune": spec}
+    for i, (method, k, seed, spec, settings, path) in enumerate(runs, 1):
         if path.exists():
             row = json.loads(path.read_text())
             check_settings(path, row.get("settings"), settings)
             results.append(row)
             continue
-        source = spec.get("encoder_from", "scratch")
-        if source not in ENCODER_SOURCES:
-            raise ValueError(f"finetune.methods.{method}.encoder_from must be one of {ENCODER_SOURCES}, got {source!r}")
-        L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
-        encoder = build_encoder(config["student"]["encoder"]) if source == "scratch" else copy.deepcopy(encoders[source])
-        row = _finetune_one(config, dm, method, spec, encoder, k, seed, output, logger, parent)
+        row = _finetune_one(config, dm, method, spec, encoders, k, seed, output, logger, parent)
         row["settings"] = settings
         if is_rank_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,27 +295,52 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb") -> dict[str, Any]:
-    """Run the whole recipe into ``output`` and return (and write) ``results.json``'s content."""
+def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb",
+                recompute: bool = False) -> dict[str, Any]:
+    """Run the whole recipe into ``output`` and return (and write) ``results.json``'s content.
+
+    Before anything trains, the configuration is checked against the constructors it feeds, the run
+    folder is locked, the data are loaded, every module and trainer is built once with two real
+    samples pushed through it, and the run folder is checked for results made with other settings.
+    Only then is ``config.yaml`` written.
+
+    Args:
+        config: The merged configuration (:func:`~fewlabel.plugins.recipes.load_config`).
+        output: The run folder.
+        logger: ``wandb`` (offline), ``wandb-online``, ``csv`` or ``none``.
+        recompute: Delete and recompute stages stored with other settings instead of refusing.
+
+    Raises:
+        RecipeError: a configuration, data or run-folder problem, found before anything trains.
+    """
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    threads = config.get("num_threads")
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    start = time.perf_counter()
-    dm = make_datamodule(config["data"])
+    check_config(config, DATAMODULES)
+    with hold_run_folder(output):
+        threads = config.get("num_threads")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        start = time.perf_counter()
+        dm = _checked("data", lambda: _setup(make_datamodule(config["data"])))
+        preflight(config, dm)
+        check_run_folder(plan_stages(config, output), recompute)
+        if is_rank_zero():
+            (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _say(f"data: {config['data'].get('name', 'digits')}, {dm.num_classes} classes, {dm.num_unlabeled} unlabeled "
+             f"training samples")
+        teacher = run_teacher(config, dm, output, logger)
+        student, pseudo_metrics = run_student(config, dm, teacher.encoder, output, logger)
+        runs = run_finetune(config, dm, {"teacher": teacher.encoder, "student": student.encoder}, output, logger)
+        results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
+                   "pseudo_labels": pseudo_metrics,
+                   "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs],
+                   "seconds": time.perf_counter() - start}
+        if is_rank_zero():
+            write_json(output / "results.json", results)
+            print(format_table(results["rows"]), flush=True)
+        _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
+        return results
+
+
+def _setup(dm: FewLabelDataModule) -> FewLabelDataModule:
     dm.setup("fit")
-    _say(f"data: {config['data'].get('name', 'digits')}, {dm.num_classes} classes, {dm.num_unlabeled} unlabeled "
-         f"training samples")
-    teacher = run_teacher(config, dm, output, logger)
-    student, pseudo_metrics = run_student(config, dm, teacher.encoder, output, logger)
-    runs = run_finetune(config, dm, {"teacher": teacher.encoder, "student": student.encoder}, output, logger)
-    results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
-               "pseudo_labels": pseudo_metrics,
-               "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs], "seconds": time.perf_counter() - start}
-    if is_rank_zero():
-        write_json(output / "results.json", results)
-        print(format_table(results["rows"]), flush=True)
-    _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
-    return results
+    return dm

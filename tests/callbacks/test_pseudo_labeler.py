@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import fewlabel.callbacks
+import fewlabel.callbacks.pseudo_labeler as pseudo_labeler_module
 from fewlabel.callbacks import PseudoLabeler
-from fewlabel.plugins.clustering import clustering_metrics
+from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, clustering_metrics
 from fewlabel.plugins.modules.pseudo_labels import PseudoLabelMixin
 
 K, PER, DIM = 5, 20, 8
@@ -139,7 +141,7 @@ def test_labels_filled_and_metrics_logged() -> None:
     assert logger.logged == [cb.metrics]
 
 
-def test_teacher_is_frozen_and_unseen_samples_keep_minus_one() -> None:
+def test_teacher_is_left_as_given_and_unseen_samples_keep_minus_one() -> None:
     dm = BlobDataModule()
     model, teacher = BoringPseudoModule(), nn.Linear(DIM, DIM)
     with torch.no_grad():
@@ -148,7 +150,7 @@ def test_teacher_is_frozen_and_unseen_samples_keep_minus_one() -> None:
     seen = [i for i in range(K * PER) if i % 10]  # every 10th sample is never embedded
     cb = PseudoLabeler(teacher=teacher, dataloader=lambda: DataLoader(dm.data, batch_size=16, sampler=seen), nredo=5)
     make_trainer(1, [cb]).fit(model, datamodule=dm)
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())  # not the callback's to change
     labels = model.pseudo_labels.numpy()
     assert labels.shape == (K * PER,)
     assert (labels[::10] == -1).all() and (labels[seen] >= 0).all()
@@ -216,6 +218,8 @@ def test_missing_pseudo_label_buffer_is_named() -> None:
         ({"pca_dim": -1}, "pca_dim must be an int >= 1 or None"),
         ({"niter": 0}, "niter must be an int >= 1"),
         ({"nredo": 0}, "nredo must be an int >= 1"),
+        ({"max_train_rows": 0}, r"max_train_rows must be an integer >= 1 .* or None \(train on every row\)"),
+        ({"max_train_rows": 2.5}, "max_train_rows must be an integer"),
         ({"recluster_every_n_epochs": 0}, r"recluster_every_n_epochs must be an int >= 1 or None \(cluster once"),
         ({"seed": 1.5}, "seed must be an int"),
         ({"whiten": 1}, "whiten must be True or False"),
@@ -229,6 +233,37 @@ def test_bad_kwargs(kwargs: dict[str, Any], match: str) -> None:
         PseudoLabeler(**kwargs)
 
 
+def test_max_train_rows_reaches_k_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int | None] = []
+    real = pseudo_labeler_module.cluster_embeddings
+
+    def spy(x: Any, k: int, **kwargs: Any) -> Any:
+        calls.append(kwargs["max_train_rows"])
+        return real(x, k, **kwargs)
+
+    monkeypatch.setattr(pseudo_labeler_module, "cluster_embeddings", spy)
+    for value in (KMEANS_MAX_TRAIN_ROWS, None, 40):
+        kwargs = {} if value == KMEANS_MAX_TRAIN_ROWS else {"max_train_rows": value}
+        make_trainer(1, [PseudoLabeler(nredo=5, **kwargs)]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    assert calls == [KMEANS_MAX_TRAIN_ROWS, None, 40]
+
+
+def test_degenerate_pseudo_labels_warn() -> None:
+    """A constant teacher puts every sample in one cluster: a UserWarning names the likely causes."""
+    constant = nn.Linear(DIM, DIM)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.fill_(1.0)
+    with pytest.warns(UserWarning, match=r"4 of 5 are empty .* collapsed or constant embeddings"):
+        make_trainer(1, [PseudoLabeler(teacher=constant, pca_dim=None)]).fit(
+            BoringPseudoModule(), datamodule=BlobDataModule()
+        )
+    with warnings.catch_warnings(record=True) as caught:  # separable blobs: no such warning
+        warnings.simplefilter("always")
+        make_trainer(1, [PseudoLabeler(nredo=5)]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    assert not [w for w in caught if "degenerate" in str(w.message)]
+
+
 def test_k_larger_than_pool_and_missing_num_classes() -> None:
     with pytest.raises(ValueError, match="num_clusters=1000 clusters from only 100 samples"):
         make_trainer(1, [PseudoLabeler(num_clusters=1000)]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
@@ -236,3 +271,16 @@ def test_k_larger_than_pool_and_missing_num_classes() -> None:
     cb = PseudoLabeler(dataloader=DataLoader(data, batch_size=50))
     with pytest.raises(ValueError, match="num_classes"):
         make_trainer(1, [cb]).fit(BoringPseudoModule(), train_dataloaders=DataLoader(data, batch_size=50))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_teacher_keeps_requires_grad_and_mode(training: bool) -> None:
+    """The callback does not own the teacher: its requires_grad and train/eval flags are left alone."""
+    teacher = nn.Sequential(nn.Linear(DIM, DIM), nn.BatchNorm1d(DIM))
+    teacher.embed_dim = DIM
+    teacher.train(training)
+    module = BoringPseudoModule()
+    make_trainer(1, [PseudoLabeler(teacher=teacher, pca_dim=None)]).fit(module, datamodule=BlobDataModule())
+    assert (module.pseudo_labels >= 0).all()
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert all(m.training is training for m in teacher.modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from fewlabel.datamodules import AudioFileDataset, AudioFolderDataModule
 
 SR = 16000
+
+pytestmark = pytest.mark.filterwarnings("ignore:ignored 1 file:UserWarning")  # the notes.txt in class a
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
@@ -129,9 +132,11 @@ def test_root_without_class_folders_is_an_error(tmp_path: Path) -> None:
     root = tmp_path / "flat"
     root.mkdir()
     sf.write(root / "loose.wav", _tone(1.0, SR), SR)
+    with pytest.raises(ValueError, match=f"{root} has no class folders"):
+        _setup(root)
     (root / "docs").mkdir()
     (root / "docs" / "readme.txt").write_text("no audio here")
-    with pytest.raises(ValueError, match=f"{root} has no class folders"):
+    with pytest.raises(ValueError, match=re.escape(f"{root / 'docs'} holds 1 .txt file")):
         _setup(root)
 
 
@@ -139,8 +144,62 @@ def test_class_folders_without_usable_files_is_an_error(tmp_path: Path) -> None:
     root = tmp_path / "broken"
     (root / "a").mkdir(parents=True)
     (root / "a" / "x.wav").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="x.wav"), pytest.raises(ValueError, match=f"{root} has no usable files"):
+    message = re.escape(f"class folder {root / 'a'} has no usable file: all its 1 .wav file failed to decode")
+    with pytest.warns(UserWarning, match="x.wav"), pytest.raises(ValueError, match=message):
         _setup(root)
+
+
+def test_class_whose_files_all_fail_to_decode_is_an_error(audio_root: Path) -> None:
+    for path in (audio_root / "b").iterdir():
+        path.write_bytes(b"not a wav")
+    message = re.escape(f"class folder {audio_root / 'b'} has no usable file: all its 4 .wav files failed to decode")
+    with pytest.warns(UserWarning, match="unreadable"), pytest.raises(ValueError, match=message):
+        _setup(audio_root)
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
+def test_mp3_class_is_not_dropped(audio_root: Path) -> None:
+    (audio_root / "mp3").mkdir()
+    for i in range(4):
+        sf.write(audio_root / "mp3" / f"{i}.mp3", _tone(1.0, SR, freq=220.0), SR, format="MP3")
+    dm = _setup(audio_root, labels_per_class=1)
+    assert dm.class_names == ["a", "b", "c", "mp3"]
+    assert dm.num_unlabeled + len(dm.test_dataloader().dataset) == 16
+    assert sorted(next(iter(dm.labeled_dataloader()))["label"].tolist()) == [0, 1, 2, 3]
+    assert AudioFolderDataModule.extensions == tuple(sorted(AudioFolderDataModule.extensions))
+    assert {".flac", ".mp3", ".ogg", ".wav"} <= set(AudioFolderDataModule.extensions)
+
+
+def test_class_folder_of_unaccepted_files_is_an_error(audio_root: Path) -> None:
+    (audio_root / "notes").mkdir()
+    for i in range(3):
+        (audio_root / "notes" / f"{i}.txt").write_text("not audio")
+    with pytest.raises(ValueError, match=re.escape(f"{audio_root / 'notes'} holds 3 .txt files")):
+        _setup(audio_root)
+
+
+def test_unaccepted_files_are_ignored_with_one_warning(tmp_path: Path) -> None:
+    _write_classes(tmp_path / "split" / "train")  # train/a holds notes.txt
+    for name in ("a", "b", "c"):
+        (tmp_path / "split" / "test" / name).mkdir(parents=True)
+        sf.write(tmp_path / "split" / "test" / name / "t.wav", _tone(1.0, SR), SR)
+    (tmp_path / "split" / "test" / "c" / "cover.jpg").write_bytes(b"jpeg")
+    (tmp_path / "split" / "test" / "c" / "README").write_text("about c")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = _setup(tmp_path / "split")
+    ours = [str(w.message) for w in caught if "ignored" in str(w.message)]
+    assert len(ours) == 1 and ours[0].startswith("ignored 3 file(s)")
+    assert f"{tmp_path / 'split' / 'train' / 'a'}: 1 .txt file" in ours[0]
+    assert f"{tmp_path / 'split' / 'test' / 'c'}: 1 .jpg file, 1 extension-less file" in ours[0]
+    assert dm.num_unlabeled == 12
+
+
+def test_single_sample_class_names_its_folder(audio_root: Path) -> None:
+    (audio_root / "d").mkdir()
+    sf.write(audio_root / "d" / "only.wav", _tone(1.0, SR), SR)
+    with pytest.raises(ValueError, match=re.escape(f"class '{audio_root / 'd'}' has a single sample")):
+        _setup(audio_root)
 
 
 @pytest.mark.parametrize("kwargs", [{"sample_rate": 0}, {"clip_seconds": 0.0}, {"test_fraction": 0.0}])

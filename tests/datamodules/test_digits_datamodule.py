@@ -129,8 +129,21 @@ def test_setup_is_idempotent() -> None:
 
 def test_budget_larger_than_a_class_fails_at_setup() -> None:
     dm = DigitsDataModule(labels_per_class=500)
-    with pytest.raises(ValueError, match=r"labels_per_class=500 is larger than class \d"):
+    with pytest.raises(ValueError, match=r"labels_per_class=500 is too many: class '\d' has only \d+ training samples"):
         dm.setup()
+
+
+def test_check_label_budget(dm: DigitsDataModule) -> None:
+    counts = np.bincount(dm.pool_targets)
+    smallest, name = int(counts.min()), dm.class_names[int(counts.argmin())]
+    dm.check_label_budget([1, 5, smallest])
+    message = f"labels_per_class={smallest + 1} is too many: class '{name}' has only {smallest} training samples"
+    with pytest.raises(ValueError, match=message):
+        dm.check_label_budget([1, smallest + 1, 10_000])
+    with pytest.raises(ValueError, match="labels_per_class must be an integer >= 1, got 0"):
+        dm.check_label_budget([0])
+    with pytest.raises(RuntimeError, match="setup"):
+        DigitsDataModule().check_label_budget([1])
 
 
 def test_properties_need_setup() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fewlabel.datamodules import ImageFolderDataModule
+from fewlabel.datamodules import ImageFileDataset, ImageFolderDataModule
 
 
 @pytest.fixture
@@ -76,8 +77,74 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="none has no class folders"):
         _setup(tmp_path / "none")
     (tmp_path / "none" / "cls").mkdir()
-    with pytest.raises(ValueError, match="none has no class folders"):
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'none' / 'cls'} holds no files")):
         _setup(tmp_path / "none")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_grayscale_is_scaled_by_its_bit_depth(tmp_path: Path, suffix: str, channels: int) -> None:
+    values = np.linspace(0, 65535, 48).round().astype(np.uint16).reshape(6, 8)
+    values[0, :4] = [1000, 2000, 4000, 4095]  # dark 12-bit values, clipped to white by an 8-bit decode
+    path = tmp_path / f"deep{suffix}"
+    image = Image.fromarray(values if suffix == ".png" else values.astype(">u2"))
+    assert image.mode == ("I;16" if suffix == ".png" else "I;16B")
+    image.save(path)
+    dataset = ImageFileDataset([path], np.array([0]), image_size=8, channels=channels)
+    resized = np.asarray(Image.fromarray(values.astype(np.float32)).resize((8, 8), Image.Resampling.BILINEAR))
+    expected = torch.from_numpy(resized / 65535.0).float().expand(channels, 8, 8)
+    for train in (False, True):
+        x = dataset.load(0, train=train)
+        assert x.dtype == torch.float32 and x.shape == (channels, 8, 8)
+        torch.testing.assert_close(x, expected, atol=1 / 255, rtol=0)
+
+
+def test_every_pil_format_is_accepted(tmp_path: Path) -> None:
+    root = tmp_path / "formats"
+    for name, v in (("dark", 10), ("light", 240)):
+        (root / name).mkdir(parents=True)
+        for suffix in (".tif", ".ppm", ".tga", ".png"):
+            Image.new("RGB", (6, 6), (v, v, v)).save(root / name / f"x{suffix}")
+    dm = _setup(root, image_size=4)
+    assert dm.num_unlabeled + len(dm.test_dataloader().dataset) == 8
+    assert {".jpg", ".png", ".tif", ".tiff", ".webp"} <= set(ImageFolderDataModule.extensions)
+    assert ".pdf" not in ImageFolderDataModule.extensions  # PIL writes PDF but cannot read it
+
+
+def test_class_folder_of_text_files_is_an_error(image_root: Path) -> None:
+    (image_root / "notes").mkdir()
+    for i in range(2):
+        (image_root / "notes" / f"{i}.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=re.escape(f"{image_root / 'notes'} holds 2 .txt files")):
+        _setup(image_root)
+
+
+def test_single_sample_class_names_its_folder(image_root: Path) -> None:
+    (image_root / "gray").mkdir()
+    Image.new("L", (5, 5), 128).save(image_root / "gray" / "only.png")
+    with pytest.raises(ValueError, match=re.escape(f"class '{image_root / 'gray'}' has a single sample")):
+        _setup(image_root)
+
+
+def test_one_class_is_an_error(image_root: Path) -> None:
+    for path in (image_root / "white").iterdir():
+        path.unlink()
+    (image_root / "white").rmdir()
+    with pytest.raises(ValueError, match=r"needs at least 2 classes to classify, got 1: \['black'\]"):
+        _setup(image_root)
+
+
+def test_check_label_budget_names_the_class(image_root: Path) -> None:
+    dm = _setup(image_root)  # 8 images, 3 for testing: the pool holds 3 of one class and 2 of the other
+    counts = np.bincount(dm.pool_targets)
+    smallest = dm.class_names[int(counts.argmin())]
+    assert sorted(counts.tolist()) == [2, 3]
+    dm.check_label_budget([1, 2])
+    message = f"labels_per_class=3 is too many: class '{smallest}' has only 2 training samples"
+    with pytest.raises(ValueError, match=message):
+        dm.check_label_budget([1, 3, 9])
+    with pytest.raises(ValueError, match=message):
+        dm.draw_labels(3, seed=0)
 
 
 def test_missing_root_is_an_error(tmp_path: Path) -> None:

@@ -41,8 +41,22 @@ def test_negative_targets_are_never_drawn() -> None:
 
 
 def test_too_many_labels_names_the_class(targets: np.ndarray) -> None:
-    with pytest.raises(ValueError, match=r"class 2, which has only 4 samples"):
+    with pytest.raises(ValueError, match=r"class 2 has only 4 training samples; lower labels_per_class to at most 4"):
         label_budget_split(targets, labels_per_class=5, seed=0)
+    with pytest.raises(ValueError, match=r"class 'dog' has only 4 training samples"):
+        label_budget_split(targets, labels_per_class=5, seed=0, class_names=["cat", "bird", "dog"])
+
+
+def test_named_class_without_samples_is_an_error(targets: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"class 'fish' has only 0 training samples"):
+        label_budget_split(targets, labels_per_class=1, seed=0, class_names=["cat", "bird", "dog", "fish"])
+    with pytest.raises(ValueError, match="target 2 has no name"):
+        label_budget_split(targets, labels_per_class=1, seed=0, class_names=["cat", "bird"])
+
+
+def test_names_do_not_change_the_draw(targets: np.ndarray) -> None:
+    named = label_budget_split(targets, 3, seed=4, class_names=["cat", "bird", "dog"])
+    np.testing.assert_array_equal(named, label_budget_split(targets, 3, seed=4))
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5])
@@ -69,3 +83,13 @@ def test_stratified_split_zero_fraction_holds_out_nothing() -> None:
 def test_stratified_split_rejects_bad_fraction(bad: float) -> None:
     with pytest.raises(ValueError, match="fraction"):
         stratified_split(np.array([0, 1, 0, 1]), bad, seed=0)
+
+
+def test_stratified_split_names_a_single_sample_class() -> None:
+    targets = np.array([0, 0, 0, 1, 1, 1, 2])
+    with pytest.raises(ValueError, match="class 'bird' has a single sample"):
+        stratified_split(targets, 0.3, seed=0, class_names=["cat", "dog", "bird"])
+    with pytest.raises(ValueError, match="class 2 has a single sample"):
+        stratified_split(targets, 0.3, seed=0)
+    keep, held = stratified_split(targets, 0.0, seed=0)  # nothing held out: nothing to split
+    assert keep.size == 7 and held.size == 0

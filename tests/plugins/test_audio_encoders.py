@@ -8,7 +8,15 @@ import pytest
 import torch
 import torchaudio
 
-from fewlabel.plugins.encoders import AudioNTT, Encoder, LogMelFrontend, TimmEncoder, create_encoder, list_encoders
+from fewlabel.plugins.encoders import (
+    AudioNTT,
+    Encoder,
+    LogMelFrontend,
+    RunningNorm,
+    TimmEncoder,
+    create_encoder,
+    list_encoders,
+)
 
 
 def _hz_to_mel(f: float) -> float:
@@ -35,13 +43,72 @@ def test_frontend_eval_is_deterministic_and_uses_running_stats() -> None:
     fe = LogMelFrontend()
     for _ in range(3):
         fe(torch.randn(4, 8000))
-    assert fe.norm.num_batches_tracked.item() == 3
+    assert fe.norm.num_values.item() == 3 * 4 * 64 * fe.num_frames(8000)
     fe.eval()
     x = torch.randn(2, 8000)
     a, b = fe(x), fe(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     # eval output depends only on the sample, not on the rest of the batch
     torch.testing.assert_close(fe(x[:1]), a[:1])
+
+
+def test_frontend_normalises_with_running_stats_of_all_values_seen() -> None:
+    # BYOL-A / UnFuSeD normalise with running statistics of the data seen, not per batch.
+    torch.manual_seed(0)
+    fe, raw = LogMelFrontend(), LogMelFrontend(normalize=False)
+    xa, xb = torch.randn(3, 8000), 0.01 * torch.randn(2, 8000)
+    fe(xa)
+    out_b = fe(xb)
+    la, lb = raw(xa).double(), raw(xb).double()
+    seen = torch.cat([la.flatten(), lb.flatten()])
+    mean, std = seen.mean(), seen.std(correction=0)
+    torch.testing.assert_close(out_b, ((lb - mean) / std).float(), rtol=1e-5, atol=1e-5)
+    # eval mode: the stored estimates, left unchanged
+    fe.eval()
+    state = {k: v.clone() for k, v in fe.state_dict().items()}
+    torch.testing.assert_close(fe(xa), ((la - mean) / std).float(), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, state[k]) for k, v in fe.state_dict().items())
+
+
+def test_running_norm_is_the_exact_cumulative_average_in_float64() -> None:
+    torch.manual_seed(0)
+    norm = RunningNorm()
+    batches = [1000.0 + (i + 1) * torch.randn(n, 1, 4, 5) for i, n in enumerate([3, 1, 7, 2, 5])]
+    for x in batches:
+        norm(x)
+    seen = torch.cat([x.flatten() for x in batches]).double()
+    assert norm.running_mean.dtype == norm.running_var.dtype == torch.float64
+    torch.testing.assert_close(norm.running_mean, seen.mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(norm.running_var, seen.var(correction=0), rtol=1e-10, atol=0)
+    assert norm.num_values.item() == seen.numel()
+
+
+def test_running_norm_exponential_momentum_and_validation() -> None:
+    torch.manual_seed(0)
+    norm = RunningNorm(momentum=0.25)
+    a, b = torch.randn(4, 1, 3, 5).double(), 2 + 3 * torch.randn(2, 1, 3, 5).double()
+    norm(a)  # the first batch sets the estimates
+    torch.testing.assert_close(norm.running_mean, a.mean())
+    out = norm(b)
+    mean = 0.75 * a.mean() + 0.25 * b.mean()
+    var = 0.75 * a.var(correction=0) + 0.25 * b.var(correction=0)
+    torch.testing.assert_close(norm.running_mean, mean)
+    torch.testing.assert_close(norm.running_var, var)
+    torch.testing.assert_close(out, (b - mean) / var.sqrt())
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="momentum"):
+            RunningNorm(momentum=bad)
+
+
+def test_running_norm_state_is_checkpointed() -> None:
+    torch.manual_seed(0)
+    fe = LogMelFrontend(norm_momentum=None)
+    fe(torch.randn(2, 8000))
+    assert {"norm.running_mean", "norm.running_var", "norm.num_values"} <= set(fe.state_dict())
+    fresh = LogMelFrontend()
+    fresh.load_state_dict(fe.state_dict())
+    x = torch.randn(2, 8000)
+    torch.testing.assert_close(fresh.eval()(x), fe.eval()(x), rtol=0, atol=0)
 
 
 def test_frontend_unnormalised_is_log_mel() -> None:
@@ -70,11 +137,14 @@ def test_pure_tone_peaks_in_the_right_mel_bin() -> None:
 
 
 def test_frontend_autocast_bf16_gives_float32() -> None:
-    fe = LogMelFrontend()
+    fe, reference = LogMelFrontend(), LogMelFrontend()
+    x = torch.randn(2, 16000).bfloat16()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        out = fe(torch.randn(2, 16000).bfloat16())
+        out = fe(x)
     assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
+    assert fe.norm.running_mean.dtype == fe.norm.running_var.dtype == torch.float64
+    torch.testing.assert_close(out, reference(x.float()), rtol=0, atol=0)
+    torch.testing.assert_close(fe.norm.running_var, reference.norm.running_var, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(16000,), (2, 2, 16000), (2, 1, 1, 16000)])
@@ -97,7 +167,7 @@ def test_audio_ntt_default_dims() -> None:
     enc = AudioNTT()
     assert isinstance(enc, Encoder)
     assert enc.embed_dim == enc.num_features == 2048
-    assert enc.intermediate_dims == [64, 64, 64]
+    assert enc.intermediate_dims == [64 * 32, 64 * 16, 64 * 8]  # mel x channel, as in UnFuSeD
     assert enc.fc[0].in_features == 64 * 8  # (B, T, 64 * 8 = 512), as in BYOL-A
 
 
@@ -109,11 +179,38 @@ def test_audio_ntt_forward_and_intermediates() -> None:
     assert z.shape == (3, 1, 64, 101)
     emb, feats = enc.forward_intermediates(z)
     assert emb.shape == (3, 32)
-    assert [f.shape for f in feats] == [(3, 8)] * 3
+    assert [f.shape for f in feats] == [(3, 8 * 32), (3, 8 * 16), (3, 8 * 8)]
     torch.testing.assert_close(enc(x), enc.forward_embed(enc.preprocess(x)))
     torch.testing.assert_close(enc(x), emb)
     # embedding = max + mean over time of non-negative (ReLU) frame features
     assert (emb >= 0).all()
+
+
+def test_audio_ntt_intermediates_are_block_outputs_averaged_over_time() -> None:
+    torch.manual_seed(0)
+    enc = AudioNTT(channels=8, embed_dim=32).eval()
+    z = torch.randn(3, 1, 64, 37)
+    _, feats = enc.forward_intermediates(z)
+    assert [f.shape[1] for f in feats] == enc.intermediate_dims == [8 * 32, 8 * 16, 8 * 8]
+    h = z
+    for i, feat in enumerate(feats):
+        h = enc.features[4 * i : 4 * i + 4](h)  # block i after pooling: (B, C, F_i, T_i)
+        b, c, mels, t = h.shape
+        # UnFuSeD: (B, C, F, T) -> (B, T, F, C) -> (B, T, F * C) -> mean over time
+        torch.testing.assert_close(feat, h.permute(0, 3, 2, 1).reshape(b, t, mels * c).mean(dim=1))
+        # mel-major, channel-minor: mel m, channel k sits at m * C + k
+        torch.testing.assert_close(feat[1, 5 * c + 3], h[1, 3, 5].sum() / t)
+
+
+def test_audio_ntt_time_freq_pooling_option() -> None:
+    torch.manual_seed(0)
+    enc = AudioNTT(channels=8, embed_dim=32, intermediate_pool="time_freq").eval()
+    assert enc.intermediate_dims == [8, 8, 8]
+    z = torch.randn(2, 1, 64, 20)
+    _, feats = enc.forward_intermediates(z)
+    torch.testing.assert_close(feats[0], enc.features[:4](z).mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="intermediate_pool"):
+        AudioNTT(intermediate_pool="freq")
 
 
 @pytest.mark.parametrize("frames", [8, 13, 96])
@@ -141,7 +238,7 @@ def test_registry_audio_ntt() -> None:
     assert {"audio_ntt", "timm"} <= set(list_encoders())
     enc = create_encoder("audio_ntt", channels=16, embed_dim=64)
     assert isinstance(enc, AudioNTT)
-    assert enc.embed_dim == 64 and enc.intermediate_dims == [16, 16, 16]
+    assert enc.embed_dim == 64 and enc.intermediate_dims == [16 * 32, 16 * 16, 16 * 8]
 
 
 # ---------------------------------------------------------------- timm

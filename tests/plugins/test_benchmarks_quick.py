@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
         ("kmeans_vs_sklearn.py", ["faiss.Kmeans (raw)", "fewlabel kmeans", "sklearn KMeans", "speedup_sklearn_over_fewlabel:",
                                   "inertia_ratio_fewlabel_over_sklearn:"]),
         ("scaling.py", ["us_per_row", "20,000"]),
+        ("dcv2_init_memory.py", ["mean_train: accuracy", "mean_eval: accuracy"]),
     ],
 )
 def test_benchmark_runs_quick(script: str, figures: list[str]) -> None:

@@ -21,7 +21,7 @@ def test_public_surface() -> None:
 def test_mixup_ratio_zero_is_identity() -> None:
     torch.manual_seed(0)
     mix = MixupBYOLA(ratio=0.0, memory_size=16)
-    for _ in range(3):  # first batch (within-batch) and later ones (memory)
+    for _ in range(3):  # first batch (unmixed) and later ones (memory)
         x = torch.randn(4, 1, 8, 10)
         torch.testing.assert_close(mix(x), x, rtol=0, atol=0)
 
@@ -30,8 +30,22 @@ def test_mixup_of_identical_inputs_is_identity() -> None:
     torch.manual_seed(0)
     mix = MixupBYOLA(ratio=1.0, memory_size=16)
     x = torch.randn(1, 1, 8, 10).expand(4, 1, 8, 10).contiguous()
-    torch.testing.assert_close(mix(x), x)  # within-batch: log((1-l)e^x + l e^x) = x
-    torch.testing.assert_close(mix(x), x)  # from memory, which holds the same x
+    torch.testing.assert_close(mix(x), x)  # first batch: unmixed
+    torch.testing.assert_close(mix(x), x)  # from memory, which holds the same x: log((1-l)e^x + l e^x) = x
+
+
+def test_mixup_returns_a_batch_unmixed_while_the_memory_is_empty() -> None:
+    # BYOL-A: with an empty memory the input is returned as is, then stored.
+    torch.manual_seed(0)
+    mix = MixupBYOLA(ratio=1.0, memory_size=16)
+    x = torch.randn(8, 1, 4, 6)
+    torch.testing.assert_close(mix(x), x, rtol=0, atol=0)
+    assert mix._count == 8 and torch.equal(mix.memory[:8], x)
+    y = torch.randn(8, 1, 4, 6)
+    assert not torch.allclose(mix(y), y)  # the next batch is mixed with the memory
+    z = torch.randn(3, 1, 5, 6)  # another shape empties the memory: unmixed again, then stored
+    torch.testing.assert_close(mix(z), z, rtol=0, atol=0)
+    assert mix._count == 3 and torch.equal(mix.memory[:3], z)
 
 
 def test_mixup_hand_computed_with_memory() -> None:
@@ -65,6 +79,7 @@ def test_mixup_is_seedable_and_detaches_memory() -> None:
     for _ in range(2):
         torch.manual_seed(1)
         mix = MixupBYOLA()
+        mix(torch.randn(4, 1, 8, 10))  # fills the memory
         outs.append(mix(x))
     torch.testing.assert_close(outs[0], outs[1])
     assert not mix.memory.requires_grad

@@ -58,3 +58,47 @@ def test_without_bn_eval_running_statistics_move(tmp_path: Path) -> None:
     module, before, _ = _fit(False, tmp_path)
     after = [bn.running_mean for bn in _bn_layers(module.encoder)]
     assert not all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_fine_tune_trains_an_encoder_that_arrives_frozen_and_in_eval_mode(tmp_path: Path) -> None:
+    """An encoder handed over frozen and in eval mode (as another stage may leave it) is really fine-tuned."""
+    from fewlabel.plugins import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("small_cnn", width=4).requires_grad_(False).eval()
+    dm = DigitsDataModule(labels_per_class=3, batch_size=16)
+    dm.setup("fit")
+    module = Classifier(encoder, num_classes=dm.num_classes, lr=0.01)
+    assert all(p.requires_grad for p in module.encoder.parameters())
+    before = [p.detach().clone() for p in module.encoder.parameters()]
+    stats = [bn.running_mean.clone() for bn in _bn_layers(module.encoder)]
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=dm.labeled_dataloader())
+    changed = [not torch.equal(b, p.detach()) for b, p in zip(before, module.encoder.parameters())]
+    assert all(changed), f"{changed.count(False)} of {len(changed)} encoder tensors did not change"
+    # it trained in train mode: BatchNorm running statistics moved
+    assert not any(torch.equal(s, bn.running_mean) for s, bn in zip(stats, _bn_layers(module.encoder)))
+
+
+def test_linear_evaluation_leaves_the_encoder_unchanged(tmp_path: Path) -> None:
+    dm = DigitsDataModule(labels_per_class=3, batch_size=16)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    module = Classifier({"name": "small_cnn", "width": 4}, num_classes=dm.num_classes, freeze_encoder=True)
+    state = {k: v.clone() for k, v in module.encoder.state_dict().items()}
+    head = module.head.weight.detach().clone()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=dm.labeled_dataloader())
+    assert all(torch.equal(v, module.encoder.state_dict()[k]) for k, v in state.items())  # BN stats too
+    assert not torch.equal(head, module.head.weight.detach())
+
+
+def test_bn_eval_also_holds_the_log_mel_running_normaliser() -> None:
+    module = Classifier({"name": "audio_ntt", "channels": 4, "embed_dim": 16}, num_classes=3, bn_eval=True)
+    module.train()
+    assert module.encoder.frontend.norm.training is False
+    assert module.head.training and module.encoder.fc.training

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import faiss
@@ -10,9 +11,11 @@ import pytest
 import fewlabel.plugins.clustering as clustering_module
 
 from fewlabel.plugins.clustering import (
+    KMEANS_MAX_TRAIN_ROWS,
     ClusterResult,
     cluster_embeddings,
     clustering_metrics,
+    degenerate_clusters,
     kmeans,
     pca_whiten,
 )
@@ -138,18 +141,82 @@ def test_chunked_assignment_equals_one_shot() -> None:
 def test_training_on_a_seeded_sample_assigns_every_row() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 8)).astype(np.float32)
-    # k * max_points_per_centroid = 400 < N: faiss trains on 400 sampled rows, all 5000 are assigned
-    labels, centroids = kmeans(x, 10, max_points_per_centroid=40, seed=3)
-    again, _ = kmeans(x, 10, max_points_per_centroid=40, seed=3)
+    # max_train_rows = 400 < N: faiss trains on 400 sampled rows, all 5000 are assigned
+    labels, centroids = kmeans(x, 10, max_train_rows=400, seed=3)
+    again, _ = kmeans(x, 10, max_train_rows=400, seed=3)
     np.testing.assert_array_equal(labels, again)
     index = faiss.IndexFlatL2(8)
     index.add(centroids)
     dist, nearest = index.search(x, 1)
     np.testing.assert_array_equal(labels, nearest[:, 0])
-    res = cluster_embeddings(x, 10, pca_dim=None, l2_normalize=False, max_points_per_centroid=40, seed=3)
+    res = cluster_embeddings(x, 10, pca_dim=None, l2_normalize=False, max_train_rows=400, seed=3)
     np.testing.assert_array_equal(res.labels, labels)
     assert res.inertia == pytest.approx(float(dist.sum()), rel=1e-4)
     assert res.sizes.sum() == 5000
+
+
+class _TrainSpy(faiss.Kmeans):
+    """faiss.Kmeans that records, at each ``train``, the rows it got and how many faiss itself would keep."""
+
+    calls: list[tuple[int, int]] = []
+
+    def train(self, x: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((x.shape[0], self.k * self.cp.max_points_per_centroid))
+        return super().train(x, *args, **kwargs)
+
+
+def test_kmeans_trains_on_every_row_by_default(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Up to KMEANS_MAX_TRAIN_ROWS rows faiss trains on all of them (the old default sampled k * 256 rows)."""
+    assert KMEANS_MAX_TRAIN_ROWS >= 250_000
+    x = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+    monkeypatch.setattr(clustering_module.faiss, "Kmeans", _TrainSpy)
+    _TrainSpy.calls.clear()
+    kmeans(x, 2)
+    cluster_embeddings(x, 2, pca_dim=4)
+    kmeans(x, 2, max_train_rows=None)
+    kmeans(x, 2, max_train_rows=1000)
+    kmeans(x, 2, max_train_rows=3000)
+    rows = [got for got, _ in _TrainSpy.calls]
+    assert rows == [3000, 3000, 3000, 1000, 3000]
+    assert all(kept >= got for got, kept in _TrainSpy.calls)  # faiss does not subsample again
+    out, err = capfd.readouterr()
+    assert "WARNING" not in out + err and "Sampling" not in out + err
+    kmeans(x[:50], 5, max_train_rows=10)  # below faiss' own 39 points per centroid: no warning either
+    out, err = capfd.readouterr()
+    assert out + err == ""
+
+
+def test_every_row_gives_the_same_result_as_none() -> None:
+    x, _ = blobs(n_per=40, k=4, dim=6)
+    np.testing.assert_array_equal(kmeans(x, 4, max_train_rows=None)[0], kmeans(x, 4)[0])
+    full = cluster_embeddings(x, 4, max_train_rows=None, pca_dim=3)
+    np.testing.assert_array_equal(cluster_embeddings(x, 4, max_train_rows=len(x), pca_dim=3).labels, full.labels)
+
+
+@pytest.mark.parametrize(("value", "match"), [(0, ">= 3"), (2, ">= 3"), (True, ">= 3"), (1.5, ">= 3"), ("all", ">= 3")])
+def test_max_train_rows_validation(value: Any, match: str) -> None:
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    for fn in (kmeans, cluster_embeddings):
+        with pytest.raises(ValueError, match=f"max_train_rows must be an integer {match} .* or None"):
+            fn(x, 3, max_train_rows=value)
+
+
+def test_degenerate_clusters_hand_cases() -> None:
+    assert "3 of 4 are empty" in degenerate_clusters([100, 0, 0, 0])
+    assert "3 of 5 are empty" in degenerate_clusters([0, 0, 0, 5, 5])  # most clusters empty
+    assert "91.0%" in degenerate_clusters([91, 9])  # one cluster holds nearly everything
+    for fine in ([30, 40, 30], [90, 10], [0, 0, 5, 5], [7], [0, 0]):
+        assert degenerate_clusters(fine) is None, fine
+
+
+def test_constant_embeddings_warn_and_normal_ones_do_not() -> None:
+    with pytest.warns(UserWarning, match=r"9 of 10 are empty and the largest holds 100.0% .* constant embeddings"):
+        res = cluster_embeddings(np.ones((200, 8)), 10, pca_dim=None)
+    assert res.num_empty == 9
+    x, _ = blobs(n_per=40, k=4, dim=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster_embeddings(x, 4, nredo=5)
 
 
 def test_float16_and_memmap_inputs_are_read_in_chunks(tmp_path: Any) -> None:

@@ -8,11 +8,15 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+import fewlabel.plugins.modules.deepcluster_v2 as deepcluster_v2_module
 
 from fewlabel.callbacks import RNGStateKeeper
 from fewlabel.datamodules import DigitsDataModule
 from fewlabel.plugins import BatchImageAugment, Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.plugins.losses.deepcluster import deepcluster_v2_loss
 
 
 @pytest.fixture(scope="module")
@@ -44,34 +48,110 @@ def test_deepcluster_v2_fills_memory_then_trains(digits: DigitsDataModule, tmp_p
     trainer = _trainer(tmp_path, 2)
     trainer.fit(module, datamodule=digits)
     assert bool(module.memory_ready)
-    filled = module.memory.norm(dim=-1) > 0.99
-    assert filled.float().mean() > 0.95  # only the few samples of dropped last batches may be missing
+    written = module.memory_written
+    assert written.float().mean() > 0.95  # only samples the shuffled drop_last loader never yielded are missing
+    norms = module.memory.norm(dim=-1)
+    assert bool((norms[:, written] > 0.99).all()) and bool((norms[:, ~written] == 0).all())
     assert not torch.equal(conv, module.encoder.blocks[0][0].weight)
     assert not torch.equal(bn_mean, module.encoder.blocks[0][1].running_mean)
     for h, k in enumerate([10, 20]):
-        assert int(module.assignments[h].min()) >= 0 and int(module.assignments[h].max()) < k
+        clustered = module.assignments[h] >= 0  # rows written before the last clustering
+        assert clustered.float().mean() > 0.95
+        assert int(module.assignments[h].max()) < k and bool(written[clustered].all())
         norms = getattr(module, f"prototypes_{h}").norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def test_deepcluster_v2_init_memory_leaves_weights_alone(digits: DigitsDataModule, tmp_path: Path) -> None:
+class _Stop(Exception):
+    pass
+
+
+class _StopBeforeFirstStep(L.Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        raise _Stop
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_deepcluster_v2_init_memory_mode(digits: DigitsDataModule, tmp_path: Path, train_mode: bool) -> None:
+    """The first bank is filled in train mode as in SwAV (BatchNorm running statistics move), or in eval
+    mode; either way no weight changes and the module's mode is restored."""
+    digits.train_split = "unlabeled"
+    module = DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=digits.num_unlabeled,
+                           augment=BatchImageAugment(), num_prototypes=[10, 20], hidden_dim=32, feat_dim=16,
+                           init_memory_train_mode=train_mode)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    modes: list[bool] = []
+    make_views = deepcluster_v2_module.make_views
+
+    def spy(encoder: torch.nn.Module, *args: Any) -> list[torch.Tensor]:
+        modes.append(encoder.training)
+        return make_views(encoder, *args)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(_Stop):
+        mp.setattr(deepcluster_v2_module, "make_views", spy)
+        _trainer(tmp_path, 1, callbacks=[_StopBeforeFirstStep()]).fit(module, datamodule=digits)
+    assert modes and set(modes) == {train_mode}
+    assert module.training
+    assert bool(module.memory_ready) and module.memory.abs().sum() > 0
+    after = module.state_dict()
+    for name, value in module.named_parameters():
+        assert torch.equal(before[name], value), name
+    moved = [name for name in before if "running" in name and not torch.equal(before[name], after[name])]
+    assert bool(moved) == train_mode
+
+
+def test_deepcluster_v2_unwritten_rows_are_left_out(digits: DigitsDataModule, tmp_path: Path) -> None:
+    """The drop_last train loader leaves 1131 - 8 * 128 = 107 rows unwritten by init_memory: k-means never
+    sees them, their assignment is -1 and the loss ignores them."""
     digits.train_split = "unlabeled"
     module = _dcv2(digits)
-    before = {k: v.clone() for k, v in module.encoder.state_dict().items()}
+    seen_rows: list[int] = []
+    kmeans = deepcluster_v2_module.kmeans
 
-    class Stop(Exception):
-        pass
+    def spy(x: Any, k: int, **kwargs: Any) -> Any:
+        seen_rows.append(len(x))
+        return kmeans(x, k, **kwargs)
 
-    class StopBeforeFirstStep(L.Callback):
-        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-            raise Stop
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(_Stop):
+        mp.setattr(deepcluster_v2_module, "kmeans", spy)
+        _trainer(tmp_path, 1, callbacks=[_StopBeforeFirstStep()]).fit(module, datamodule=digits)
+    written = module.memory_written
+    assert int(written.sum()) == 1024 == digits.num_unlabeled - 107
+    assert seen_rows == [1024, 1024]
+    assert bool((module.memory[:, ~written] == 0).all())
+    assert bool((module.assignments[:, ~written] == -1).all()) and bool((module.assignments[:, written] >= 0).all())
+    state = module.state_dict()
+    assert torch.equal(state["memory_written"], written)  # persistent: a resumed run keeps it
 
-    with pytest.raises(Stop):
-        _trainer(tmp_path, 1, callbacks=[StopBeforeFirstStep()]).fit(module, datamodule=digits)
-    assert bool(module.memory_ready) and module.memory.abs().sum() > 0
-    for k, v in module.encoder.state_dict().items():
-        assert torch.equal(before[k], v), k
+    z = F.normalize(torch.randn(4, 16), dim=1)
+    scores = [module.prototype_scores(z, 0)]
+    target = torch.tensor([3, -1, 5, -1])
+    expected = F.cross_entropy(scores[0][[0, 2]] / 0.1, target[[0, 2]])
+    assert torch.allclose(deepcluster_v2_loss(scores, [target]), expected)
+    nothing = deepcluster_v2_loss([scores[0].requires_grad_()], [torch.full((4,), -1)])
+    assert nothing.item() == 0.0 and nothing.requires_grad  # a batch of unwritten rows: 0, not NaN
+
+
+def test_deepcluster_v2_too_few_written_rows_is_named(digits: DigitsDataModule, tmp_path: Path) -> None:
+    digits.train_split = "unlabeled"
+    module = _dcv2(digits)
+    module.memory_ready.fill_(True)  # pretend the bank was filled, with only 5 rows written
+    module.memory_written[:5] = True
+    with pytest.raises(RuntimeError, match="only 5 of 1131 memory-bank rows were written"):
+        _trainer(tmp_path, 1).fit(module, datamodule=digits)
+
+
+def test_deepcluster_v2_prototype_scores_are_float32_under_bf16_autocast() -> None:
+    module = DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50, num_prototypes=[10], feat_dim=16)
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(32, 16), dim=1)
+    expected = z @ module.prototypes_0.T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (z @ module.prototypes_0.T).dtype == torch.bfloat16  # what a bare matmul would give
+        scores = module.prototype_scores(z, 0)
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores, expected)
 
 
 class Interrupt(L.Callback):
@@ -110,6 +190,11 @@ def test_deepcluster_v2_resume_matches_uninterrupted(digits: DigitsDataModule, t
 def test_deepcluster_v2_validation() -> None:
     with pytest.raises(ValueError, match="exceeds"):
         DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=5, num_prototypes=[10])
+    with pytest.raises(ValueError, match=r"max_train_rows must be an integer >= 30 .* or None"):
+        DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50, max_train_rows=20)
+    with pytest.raises(ValueError, match="init_memory_train_mode must be True or False"):
+        DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50,
+                      init_memory_train_mode=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="optimizer"):
         DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50, optimizer="lamb")
     with pytest.raises(TypeError, match="spec dict"):
@@ -137,6 +222,29 @@ def test_self_distillation_learns_given_labels_and_checkpoints_them(digits: Digi
     fresh = SelfDistillation({"name": "small_cnn", "width": 8}, num_classes=10, aux_hidden_dim=16)
     fresh.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
     assert torch.equal(fresh.pseudo_labels, module.pseudo_labels)
+
+
+def test_self_distillation_aux_heads_follow_the_unfused_code() -> None:
+    # LAPE src/upstream/unfused/upstream_expert.py (Project): 2 x [Linear no bias, BN, ReLU] with
+    # hidden width = number of classes, then Linear -> classes without bias; AudioNTT exits 2048/1024/512.
+    module = SelfDistillation({"name": "audio_ntt", "channels": 4, "embed_dim": 16}, num_classes=5)
+    assert [head[0].in_features for head in module.aux_heads] == [4 * 32, 4 * 16, 4 * 8]
+    for head in module.aux_heads:
+        linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+        assert [(m.out_features, m.bias) for m in linears] == [(5, None)] * 3
+        assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert module.head.bias is not None  # the final exit keeps its bias (Classifier in the reference)
+    assert module.loss.detach_teacher is False
+    final, aux = module.forward_exits(torch.randn(3, 1, 64, 20))
+    assert final.shape == (3, 5) and [a.shape for a in aux] == [(3, 5)] * 3
+
+
+def test_self_distillation_aux_options() -> None:
+    module = SelfDistillation({"name": "small_cnn", "width": 4}, num_classes=10, aux_hidden_dim=16, detach_teacher=True)
+    assert [head[0].out_features for head in module.aux_heads] == [16, 16]
+    assert module.loss.detach_teacher is True
+    with pytest.raises(ValueError, match="aux_hidden_dim"):
+        SelfDistillation({"name": "small_cnn", "width": 4}, num_classes=10, aux_hidden_dim=0)
 
 
 def test_classifier_frozen_encoder_stays_fixed(digits: DigitsDataModule, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from fewlabel.plugins.recipes import load_config, run_unfused
+from fewlabel.plugins.recipes import RecipeError, load_config, run_unfused
 from fewlabel.plugins.recipes.cli import main
 
 TINY = [
@@ -45,12 +45,22 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns == teacher_mtime
     assert again["rows"] == written["rows"]
 
+    config_yaml = (tmp_path / "config.yaml").read_text()
     changed = tiny_config(**{"teacher.trainer.max_epochs": 5})
-    with pytest.raises(ValueError, match=r"different settings \(differs at: teacher\.trainer\.max_epochs\)"):
+    with pytest.raises(RecipeError, match=r"teacher \(differs at: teacher\.trainer\.max_epochs\); student"):
         run_unfused(changed, tmp_path, logger="csv")
     more_epochs = tiny_config(**{"finetune.trainer.max_epochs": 4})
-    with pytest.raises(ValueError, match=r"differs at: finetune\.trainer\.max_epochs"):
+    with pytest.raises(RecipeError, match=r"12 finished .*\(differs at: finetune\.trainer\.max_epochs.*--recompute"):
         run_unfused(more_epochs, tmp_path, logger="csv")
+    assert (tmp_path / "config.yaml").read_text() == config_yaml  # a refused rerun leaves the folder as it was
+    # cosmetic trainer keys do not make a stage stale
+    quiet = run_unfused(tiny_config(**{"trainer.enable_progress_bar": "false"}), tmp_path, logger="csv")
+    assert quiet["rows"] == written["rows"]
+    recomputed = run_unfused(more_epochs, tmp_path, logger="csv", recompute=True)
+    assert (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns == teacher_mtime  # upstream stages kept
+    assert {r["labels_per_class"] for r in recomputed["rows"]} == {1, 2}
+    assert json.loads((tmp_path / "finetune" / "unfused" / "lpc1_seed0.json").read_text())["settings"]["finetune"][
+        "trainer"]["max_epochs"] == 4
 
 
 def test_interrupted_stage_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,8 +136,8 @@ def test_cli_reports_bad_arguments_clearly(tmp_path: Path) -> None:
 
 
 def test_unknown_data_and_missing_root_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="choose one of"):
-        run_unfused(tiny_config(**{"data.name": "mnist"}), tmp_path, logger="none")
+    with pytest.raises(ValueError, match="did you mean 'digits'.*choose one of"):
+        run_unfused(tiny_config(**{"data.name": "digit"}), tmp_path, logger="none")
     with pytest.raises(ValueError, match="needs data.root"):
         run_unfused(tiny_config(**{"data.name": "audio_folder"}), tmp_path, logger="none")
 

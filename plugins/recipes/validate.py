@@ -1,0 +1,263 @@
+"""Check a recipe configuration against the constructors it feeds, before anything trains.
+
+Every section of the UnFuSeD configuration is checked against the signature of the class it is
+passed to (unknown keys name the closest valid one, wrong types name the expected type), and the
+top-level shape of the file is checked too. :func:`check_config` needs no data and runs in
+milliseconds; the recipe then builds every module and trainer once and pushes one batch of the
+real data through each encoder (see ``unfused.preflight``), so a typo in the last stage fails in
+seconds, not after an hour of pretraining.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+
+from fewlabel.callbacks import PseudoLabeler
+from fewlabel.plugins.augment.factory import AUGMENTS
+from fewlabel.plugins.encoders.registry import encoder_constructor, list_encoders
+from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
+
+
+class RecipeError(ValueError):
+    """A problem with a recipe's configuration, data or run folder; the CLI prints it in one line."""
+
+
+#: Trainer keys the recipe owns: it passes its own logger, callbacks and checkpointing to every stage.
+RECIPE_TRAINER_KEYS = {
+    "logger": "choose it with --logger",
+    "callbacks": "stages add their own callbacks",
+    "enable_checkpointing": "stages checkpoint every epoch so that they can resume",
+}
+#: Trainer keys that change what is printed or logged, not what is computed (not part of a stage's settings).
+COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "pseudo_labels", "student", "finetune")
+STAGE_SECTIONS = ("encoder", "augment", "module", "trainer")
+FINETUNE_KEYS = ("labels_per_class", "seeds", "augment", "module", "trainer", "methods")
+METHOD_KEYS = ("encoder_from", "augment", "module", "trainer")
+ENCODER_SOURCES = ("teacher", "student", "scratch")
+# Arguments the recipe fills in itself, so a config may not set them.
+_SET_BY_RECIPE = {
+    DeepClusterV2: ("encoder", "num_samples", "augment"),
+    SelfDistillation: ("encoder", "num_classes", "num_samples", "augment"),
+    PseudoLabeler: ("teacher", "dataloader"),
+    Classifier: ("encoder", "num_classes", "augment"),
+}
+
+
+def closest(key: str, valid: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the valid name closest to ``key``, or ``""``."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def constructor_parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Named keyword parameters of a class or function, their type hints, and whether it takes any other key.
+
+    A fewlabel class whose ``__init__`` passes ``**kwargs`` on to its base is followed into that base;
+    ``**kwargs`` that reach anything else (a timm model, ``nn.Module``) accept any key.
+
+    Returns:
+        ``(parameters, hints, open)``; hints that cannot be resolved are left out (not checked).
+    """
+    functions = [klass.__dict__["__init__"] for klass in target.__mro__ if "__init__" in klass.__dict__] \
+        if inspect.isclass(target) else [target]
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for function in functions:
+        if not function.__module__.startswith("fewlabel.") and params:
+            return params, hints, True  # **kwargs handed beyond fewlabel
+        signature = inspect.signature(function)
+        try:
+            resolved = typing.get_type_hints(function)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation only means no type check
+            resolved = {}
+        for name, param in signature.parameters.items():
+            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name in params:
+                continue
+            params[name] = param
+            if name in resolved:
+                hints[name] = resolved[name]
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return params, hints, False
+    return params, hints, True
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a type hint (ints count as floats; hints beyond YAML's types pass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    sequence = (list, tuple, collections.abc.Sequence)
+    if origin in sequence or hint in sequence:
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = [arg for arg in args if arg is not Ellipsis]
+        if origin is tuple and len(items) > 1:
+            return len(value) == len(items) and all(matches(v, a) for v, a in zip(value, items))
+        return not items or all(matches(v, items[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if isinstance(hint, type) and hint.__module__ == "builtins":
+        return isinstance(value, hint)
+    return True  # modules, paths, callables...: not expressible in YAML, left to the constructor
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
+
+
+def check_mapping(where: str, value: Any) -> dict[str, Any]:
+    """``value`` as a dict (``None`` = empty), or a RecipeError naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} must be a mapping of keys to values, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_keys(where: str, mapping: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """Refuse keys outside ``valid``, naming the closest valid one."""
+    valid = list(valid)
+    listing = f"; valid keys: {', '.join(sorted(valid))}" if len(valid) <= 16 else ""
+    for key in mapping:
+        if key not in valid:
+            raise RecipeError(f"unknown key {where}.{key}{closest(str(key), valid)}{listing}")
+
+
+def check_arguments(where: str, mapping: Any, target: Callable[..., Any], *, skip: Iterable[str] = ()) -> None:
+    """Check ``mapping``'s keys and value types against ``target``'s keyword parameters."""
+    mapping = check_mapping(where, mapping)
+    params, hints, open_ = constructor_parameters(target)
+    skip = set(skip)
+    for key in mapping:
+        if key in skip:
+            raise RecipeError(f"{where}.{key} is set by the recipe itself; remove it from the config")
+    if not open_:
+        check_keys(where, mapping, [name for name in params if name not in skip])
+    for key, value in mapping.items():
+        if key in hints and not matches(value, hints[key]):
+            raise RecipeError(f"{where}.{key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+
+
+def check_component(where: str, spec: Any, registry: Mapping[str, Callable[..., Any]] | None, *,
+                    optional: bool = False) -> None:
+    """Check a ``{name: ..., **kwargs}`` component spec against the constructor its name selects."""
+    if optional and (spec is None or spec == {} or (isinstance(spec, dict) and spec.get("name") in (None, "none"))):
+        return
+    spec = check_mapping(where, spec)
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise RecipeError(f"{where}.name must name a component, got {name!r}")
+    if registry is None:  # encoders
+        try:
+            constructor = encoder_constructor(name)
+        except ValueError:
+            raise RecipeError(f"{where}.name: unknown encoder {name!r}{closest(name, list_encoders())}; choose one "
+                              f"of {list_encoders()} or 'timm:<model name>'") from None
+    elif name in registry:
+        constructor = registry[name]
+    else:
+        raise RecipeError(f"{where}.name: unknown augment {name!r}{closest(name, registry)}; choose one of "
+                          f"{sorted(registry)} or 'none'")
+    check_arguments(where, {k: v for k, v in spec.items() if k != "name"}, constructor)
+
+
+def check_trainer(where: str, section: Any) -> None:
+    """Check a ``trainer`` section against ``lightning.Trainer`` (recipe-owned keys are refused)."""
+    section = check_mapping(where, section)
+    for key, why in RECIPE_TRAINER_KEYS.items():
+        if key in section:
+            raise RecipeError(f"{where}.{key} is set by the recipe ({why}); remove it from the config")
+    check_arguments(where, section, L.Trainer)
+
+
+def _int_list(where: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
+        raise RecipeError(f"{where} must be a non-empty list of integers >= {minimum}, got {value!r}")
+
+
+def check_config(config: Any, datamodules: Mapping[str, type]) -> None:
+    """Check the shape, keys and value types of an UnFuSeD configuration (no data needed).
+
+    Args:
+        config: The merged configuration.
+        datamodules: ``data.name`` -> datamodule class.
+
+    Raises:
+        RecipeError: naming the first problem: the key, what is wrong, and the closest valid key.
+    """
+    config = check_mapping("the config", config)
+    check_keys("config", config, TOP_LEVEL)
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RecipeError(f"seed must be an integer >= 0, got {seed!r}")
+    threads = config.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise RecipeError(f"num_threads must be an integer >= 1 or null (torch's default), got {threads!r}")
+
+    data = check_mapping("data", config.get("data"))
+    name = data.get("name", "digits")
+    if name not in datamodules:
+        raise RecipeError(f"data.name: unknown datamodule {name!r}{closest(str(name), datamodules)}; choose one of "
+                          f"{sorted(datamodules)}")
+    params, _, _ = constructor_parameters(datamodules[name])
+    if "root" not in params and data.get("root") is not None:
+        raise RecipeError(f"data.root is not used by data.name={name!r} (the data are embedded); for your own "
+                          f"files set --data.name image_folder or audio_folder with --data.root PATH")
+    if "root" in params and not data.get("root"):
+        raise RecipeError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
+    check_arguments("data", {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)},
+                    datamodules[name], skip=("labels_per_class", "train_split"))
+
+    check_trainer("trainer", config.get("trainer"))
+    for stage, module in (("teacher", DeepClusterV2), ("student", SelfDistillation)):
+        section = check_mapping(stage, config.get(stage))
+        check_keys(stage, section, STAGE_SECTIONS)
+        check_component(f"{stage}.encoder", section.get("encoder"), None)
+        check_component(f"{stage}.augment", section.get("augment"), AUGMENTS, optional=True)
+        check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[module])
+        check_trainer(f"{stage}.trainer", section.get("trainer"))
+    check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler, skip=_SET_BY_RECIPE[PseudoLabeler])
+
+    finetune = check_mapping("finetune", config.get("finetune"))
+    check_keys("finetune", finetune, FINETUNE_KEYS)
+    _int_list("finetune.labels_per_class", finetune.get("labels_per_class"), 1)
+    _int_list("finetune.seeds", finetune.get("seeds"), 0)
+    methods = check_mapping("finetune.methods", finetune.get("methods"))
+    if not methods:
+        raise RecipeError("finetune.methods is empty: name at least one method (e.g. unfused: {encoder_from: student})")
+    for where, spec in [("finetune", finetune), *((f"finetune.methods.{m}", s) for m, s in methods.items())]:
+        spec = check_mapping(where, spec)
+        if where != "finetune":
+            check_keys(where, spec, METHOD_KEYS)
+            source = spec.get("encoder_from", "scratch")
+            if source not in ENCODER_SOURCES:
+                raise RecipeError(f"{where}.encoder_from must be one of {list(ENCODER_SOURCES)}, got {source!r}")
+        check_component(f"{where}.augment", spec.get("augment"), AUGMENTS, optional=True)
+        check_arguments(f"{where}.module", spec.get("module"), Classifier, skip=_SET_BY_RECIPE[Classifier])
+        check_trainer(f"{where}.trainer", spec.get("trainer"))
