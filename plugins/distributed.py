@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -45,3 +47,38 @@ def shard_dataloader(loader: Any, world_size: int, rank: int) -> Any:
         drop_last=False,
         persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
     )
+
+
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping the autograd graph.
+
+    The backward pass sums every rank's gradient for this rank's slice, so with DDP's gradient
+    averaging the parameters receive the gradient of the mean of the per-rank losses (the same
+    gradient as one process computing the loss on the whole batch, when every rank computes it).
+    Outside an initialised process group ``x`` is returned unchanged. Every rank must pass the same shape.
+
+    Args:
+        x: Local tensor ``(B, ...)``.
+
+    Returns:
+        ``(world_size * B, ...)``, rank 0's rows first.
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return x
+    return _AllGather.apply(x).flatten(0, 1)

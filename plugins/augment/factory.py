@@ -1,4 +1,4 @@
-"""Select a batch augmentation by name, so a YAML config can name it."""
+"""The augmentation registry, so that a YAML config can name an augmentation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from torch import nn
 
 from fewlabel.plugins.augment.byola import ByolaAugment
 from fewlabel.plugins.augment.image import BatchImageAugment
+from fewlabel.plugins.registry import Registry
 
-AUGMENTS: dict[str, type[nn.Module]] = {"byola": ByolaAugment, "image": BatchImageAugment}
+AUGMENTS: Registry[nn.Module] = Registry("augment")
+AUGMENTS.register("byola")(ByolaAugment)
+AUGMENTS.register("image")(BatchImageAugment)
 
 
 def create_augment(name: str | None, **kwargs: Any) -> nn.Module | None:
@@ -20,6 +23,9 @@ def create_augment(name: str | None, **kwargs: Any) -> nn.Module | None:
     """
     if name is None or name == "none":
         return None
-    if name not in AUGMENTS:
-        raise ValueError(f"unknown augment {name!r}; choose one of {sorted(AUGMENTS)} or 'none'")
-    return AUGMENTS[name](**kwargs)
+    try:
+        return AUGMENTS.create(name, **kwargs)
+    except ValueError as err:
+        if name in AUGMENTS:
+            raise
+        raise ValueError(f"{err} or 'none'") from None

@@ -1,4 +1,4 @@
-"""A name -> constructor registry for encoders, so that a YAML config can name them (as timm does)."""
+"""The encoder registry, so that a YAML config can name an encoder (as timm does)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,31 @@ from typing import Any
 
 from torch import nn
 
-_ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+from fewlabel.plugins.registry import Registry
 
+ENCODERS: Registry[nn.Module] = Registry("encoder")
 
-def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that registers an encoder constructor under ``name``.
-
-    Example:
-        >>> @register_encoder("my_encoder")  # doctest: +SKIP
-        ... class MyEncoder(Encoder): ...
-    """
-
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _ENCODERS[name] = fn
-        return fn
-
-    return decorator
+#: Decorator that registers an encoder constructor: ``@register_encoder("my_encoder")``.
+register_encoder = ENCODERS.register
 
 
 def list_encoders() -> list[str]:
-    """Sorted names of the registered encoders."""
-    return sorted(_ENCODERS)
+    """Sorted names of the registered encoders (``"timm"`` stands for ``"timm:<model>"``)."""
+    return ENCODERS.names()
+
+
+def encoder_constructor(name: str) -> Callable[..., nn.Module]:
+    """The constructor :func:`create_encoder` calls for ``name`` (the timm wrapper for ``"timm:<model>"``).
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the valid names.
+    """
+    if name.startswith("timm:"):
+        return ENCODERS.get("timm")
+    try:
+        return ENCODERS.get(name)
+    except ValueError as err:
+        raise ValueError(f"{err} or 'timm:<model name>'") from None
 
 
 def create_encoder(name: str, **kwargs: Any) -> nn.Module:
@@ -45,15 +47,3 @@ def create_encoder(name: str, **kwargs: Any) -> nn.Module:
     if name.startswith("timm:"):
         return constructor(model_name=name.split(":", 1)[1], **kwargs)
     return constructor(**kwargs)
-
-
-def encoder_constructor(name: str) -> Callable[..., nn.Module]:
-    """The constructor :func:`create_encoder` calls for ``name`` (the timm wrapper for ``"timm:<model>"``).
-
-    Raises:
-        ValueError: ``name`` is not registered; the message lists the valid names.
-    """
-    key = "timm" if name.startswith("timm:") else name
-    if key not in _ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {list_encoders()} or 'timm:<model name>'")
-    return _ENCODERS[key]

@@ -7,9 +7,26 @@ from typing import Any
 import lightning as L
 import torch
 
+from fewlabel.plugins.registry import Registry
 from fewlabel.plugins.schedules import cosine_schedule
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+#: ``name -> (params, lr, weight_decay, momentum) -> torch.optim.Optimizer``.
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params: Any, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params: Any, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: Any, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def check_optimizer(name: str, lr: float = 1.0, weight_decay: float = 0.0, warmup_fraction: float = 0.0) -> None:
@@ -18,8 +35,7 @@ def check_optimizer(name: str, lr: float = 1.0, weight_decay: float = 0.0, warmu
     Raises:
         ValueError: naming the argument and the valid values.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    OPTIMIZERS.get(name)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not weight_decay >= 0:
@@ -36,13 +52,8 @@ def build_optimizer(module: L.LightningModule, params: Any, *, name: str, lr: fl
     The schedule length is ``trainer.estimated_stepping_batches``, so it follows ``max_epochs``,
     ``max_steps`` and gradient accumulation.
     """
-    check_optimizer(name)
-    if name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    check_optimizer(name, lr, weight_decay, warmup_fraction)
+    opt = OPTIMIZERS.create(name, params=params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     warmup = int(warmup_fraction * total)
 

@@ -9,12 +9,12 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLabelDataModule, ImageFolderDataModule
+from fewlabel.plugins.registry import Registry
 
-DATAMODULES: dict[str, type[FewLabelDataModule]] = {
-    "audio_folder": AudioFolderDataModule,
-    "digits": DigitsDataModule,
-    "image_folder": ImageFolderDataModule,
-}
+DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
+DATAMODULES.register("audio_folder")(AudioFolderDataModule)
+DATAMODULES.register("digits")(DigitsDataModule)
+DATAMODULES.register("image_folder")(ImageFolderDataModule)
 LOGGERS = ("wandb", "wandb-online", "csv", "none")
 
 
@@ -22,12 +22,8 @@ def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
     """``data.name`` picks the datamodule; the other keys are its keyword arguments."""
     kwargs = dict(data)
     name = kwargs.pop("name", "digits")
-    if name not in DATAMODULES:
-        raise ValueError(f"unknown data.name {name!r}; choose one of {sorted(DATAMODULES)}")
-    if name != "digits" and not kwargs.get("root"):
-        raise ValueError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
     kwargs = {k: v for k, v in kwargs.items() if not (k == "root" and v is None)}
-    return DATAMODULES[name](**kwargs)
+    return DATAMODULES.create(name, **kwargs)
 
 
 def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logger | bool = False,

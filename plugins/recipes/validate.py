@@ -11,7 +11,6 @@ seconds, not after an hour of pretraining.
 from __future__ import annotations
 
 import collections.abc
-import difflib
 import inspect
 import types
 import typing
@@ -22,8 +21,9 @@ import lightning as L
 
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.augment.factory import AUGMENTS
-from fewlabel.plugins.encoders.registry import encoder_constructor, list_encoders
+from fewlabel.plugins.encoders.registry import encoder_constructor
 from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.plugins.registry import Registry, closest
 
 
 class RecipeError(ValueError):
@@ -50,12 +50,6 @@ _SET_BY_RECIPE = {
     PseudoLabeler: ("teacher", "dataloader"),
     Classifier: ("encoder", "num_classes", "augment"),
 }
-
-
-def closest(key: str, valid: Iterable[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the valid name closest to ``key``, or ``""``."""
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def constructor_parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
@@ -163,26 +157,19 @@ def check_arguments(where: str, mapping: Any, target: Callable[..., Any], *, ski
             raise RecipeError(f"{where}.{key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
 
 
-def check_component(where: str, spec: Any, registry: Mapping[str, Callable[..., Any]] | None, *,
+def check_component(where: str, spec: Any, constructor_of: Callable[[str], Callable[..., Any]], *,
                     optional: bool = False) -> None:
-    """Check a ``{name: ..., **kwargs}`` component spec against the constructor its name selects."""
+    """Check a ``{name: ..., **kwargs}`` spec against the constructor ``constructor_of(name)`` selects."""
     if optional and (spec is None or spec == {} or (isinstance(spec, dict) and spec.get("name") in (None, "none"))):
         return
     spec = check_mapping(where, spec)
     name = spec.get("name")
     if not isinstance(name, str):
         raise RecipeError(f"{where}.name must name a component, got {name!r}")
-    if registry is None:  # encoders
-        try:
-            constructor = encoder_constructor(name)
-        except ValueError:
-            raise RecipeError(f"{where}.name: unknown encoder {name!r}{closest(name, list_encoders())}; choose one "
-                              f"of {list_encoders()} or 'timm:<model name>'") from None
-    elif name in registry:
-        constructor = registry[name]
-    else:
-        raise RecipeError(f"{where}.name: unknown augment {name!r}{closest(name, registry)}; choose one of "
-                          f"{sorted(registry)} or 'none'")
+    try:
+        constructor = constructor_of(name)
+    except ValueError as err:
+        raise RecipeError(f"{where}.name: {err}") from None
     check_arguments(where, {k: v for k, v in spec.items() if k != "name"}, constructor)
 
 
@@ -201,12 +188,12 @@ def _int_list(where: str, value: Any, minimum: int) -> None:
         raise RecipeError(f"{where} must be a non-empty list of integers >= {minimum}, got {value!r}")
 
 
-def check_config(config: Any, datamodules: Mapping[str, type]) -> None:
+def check_config(config: Any, datamodules: Registry[Any]) -> None:
     """Check the shape, keys and value types of an UnFuSeD configuration (no data needed).
 
     Args:
         config: The merged configuration.
-        datamodules: ``data.name`` -> datamodule class.
+        datamodules: The registry ``data.name`` selects from.
 
     Raises:
         RecipeError: naming the first problem: the key, what is wrong, and the closest valid key.
@@ -222,24 +209,25 @@ def check_config(config: Any, datamodules: Mapping[str, type]) -> None:
 
     data = check_mapping("data", config.get("data"))
     name = data.get("name", "digits")
-    if name not in datamodules:
-        raise RecipeError(f"data.name: unknown datamodule {name!r}{closest(str(name), datamodules)}; choose one of "
-                          f"{sorted(datamodules)}")
-    params, _, _ = constructor_parameters(datamodules[name])
+    try:
+        datamodule = datamodules.get(name)
+    except ValueError as err:
+        raise RecipeError(f"data.name: {err}") from None
+    params, _, _ = constructor_parameters(datamodule)
     if "root" not in params and data.get("root") is not None:
         raise RecipeError(f"data.root is not used by data.name={name!r} (the data are embedded); for your own "
                           f"files set --data.name image_folder or audio_folder with --data.root PATH")
     if "root" in params and not data.get("root"):
         raise RecipeError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
     check_arguments("data", {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)},
-                    datamodules[name], skip=("labels_per_class", "train_split"))
+                    datamodule, skip=("labels_per_class", "train_split"))
 
     check_trainer("trainer", config.get("trainer"))
     for stage, module in (("teacher", DeepClusterV2), ("student", SelfDistillation)):
         section = check_mapping(stage, config.get(stage))
         check_keys(stage, section, STAGE_SECTIONS)
-        check_component(f"{stage}.encoder", section.get("encoder"), None)
-        check_component(f"{stage}.augment", section.get("augment"), AUGMENTS, optional=True)
+        check_component(f"{stage}.encoder", section.get("encoder"), encoder_constructor)
+        check_component(f"{stage}.augment", section.get("augment"), AUGMENTS.get, optional=True)
         check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[module])
         check_trainer(f"{stage}.trainer", section.get("trainer"))
     check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler, skip=_SET_BY_RECIPE[PseudoLabeler])
@@ -258,6 +246,6 @@ def check_config(config: Any, datamodules: Mapping[str, type]) -> None:
             source = spec.get("encoder_from", "scratch")
             if source not in ENCODER_SOURCES:
                 raise RecipeError(f"{where}.encoder_from must be one of {list(ENCODER_SOURCES)}, got {source!r}")
-        check_component(f"{where}.augment", spec.get("augment"), AUGMENTS, optional=True)
+        check_component(f"{where}.augment", spec.get("augment"), AUGMENTS.get, optional=True)
         check_arguments(f"{where}.module", spec.get("module"), Classifier, skip=_SET_BY_RECIPE[Classifier])
         check_trainer(f"{where}.trainer", spec.get("trainer"))

@@ -1,0 +1,78 @@
+"""One name -> constructor registry type, so that a YAML config can name any component (as timm does).
+
+Every family (encoders, augmentations, optimizers, the recipe's datamodules) is a :class:`Registry`
+instance; each offers ``register`` / ``get`` / ``create`` / ``names``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["Registry", "closest"]
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the valid name closest to ``name``, or ``""`` when none is close."""
+    match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class Registry(Generic[T]):
+    """Constructors of one kind of component, by name.
+
+    Args:
+        kind: What the registry holds, for messages (``"encoder"``).
+
+    Example:
+        >>> widgets = Registry("widget")
+        >>> @widgets.register("box")
+        ... class Box:
+        ...     def __init__(self, size: int = 1) -> None:
+        ...         self.size = size
+        >>> widgets.create("box", size=3).size, widgets.names()
+        (3, ['box'])
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a constructor under ``name``.
+
+        Raises:
+            ValueError: ``name`` is already taken.
+        """
+
+        def decorator(constructor: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = constructor
+            return constructor
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The constructor registered under ``name``.
+
+        Raises:
+            ValueError: unknown name; the message gives the closest name and every valid one.
+        """
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}{closest(name, self.names())}; choose one of {self.names()}")
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        """Build the component registered under ``name`` with ``kwargs``."""
+        return self.get(name)(**kwargs)
