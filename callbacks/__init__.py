@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from fewlabel.callbacks.finite_loss import FiniteLossGuard
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
 from fewlabel.callbacks.rng_state import RNGStateKeeper
 
-__all__ = ["PseudoLabeler", "RNGStateKeeper"]
+__all__ = ["FiniteLossGuard", "PseudoLabeler", "RNGStateKeeper"]

@@ -34,7 +34,7 @@ class PseudoLabeler(L.Callback):
     dataset gets label ``pseudo_labels[i]``; samples the loader did not yield keep ``-1``.
 
     Contract with the LightningModule: a ``pseudo_labels`` tensor buffer and ``set_pseudo_labels``
-    (:class:`fewlabel.plugins.modules.pseudo_labels.PseudoLabelMixin`), and ``.encoder`` when no
+    (:class:`fewlabel.plugins.methods.pseudo_labels.PseudoLabelMixin`), and ``.encoder`` when no
     ``teacher`` is given (self-labelling). Checked in ``on_fit_start``.
 
     When: once before the first training epoch (``on_train_start``, after a checkpoint has been
@@ -138,7 +138,7 @@ class PseudoLabeler(L.Callback):
         if missing:
             raise AttributeError(
                 f"PseudoLabeler needs {type(pl_module).__name__} to have " + " and ".join(missing)
-                + "; use fewlabel.plugins.modules.pseudo_labels.PseudoLabelMixin and call init_pseudo_labels()"
+                + "; use fewlabel.plugins.methods.pseudo_labels.PseudoLabelMixin and call init_pseudo_labels()"
             )
         self._num_clusters(trainer)  # fail before training if k is unavailable
         if self.teacher is not None:

@@ -18,9 +18,9 @@ from fewlabel.plugins.losses import (
     VICRegLoss,
     deepcluster_v2_loss,
 )
-from fewlabel.plugins.modules import Classifier, DeepClusterV2, PseudoLabelMixin, SelfDistillation
+from fewlabel.plugins.methods import Classifier, DeepClusterV2, Method, PseudoLabelMixin, SelfDistillation
+from fewlabel.plugins.optim import cosine_schedule
 from fewlabel.plugins.registry import Registry
-from fewlabel.plugins.schedules import cosine_schedule
 
 __all__ = [
     "AudioNTT",
@@ -34,6 +34,7 @@ __all__ = [
     "Embeddings",
     "Encoder",
     "LogMelFrontend",
+    "Method",
     "MultiExitDistillationLoss",
     "NTXentLoss",
     "NegativeCosineSimilarity",

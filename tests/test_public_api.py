@@ -13,8 +13,10 @@ PACKAGES = [
     "fewlabel.plugins",
     "fewlabel.plugins.augment",
     "fewlabel.plugins.encoders",
+    "fewlabel.plugins.heads",
     "fewlabel.plugins.losses",
-    "fewlabel.plugins.modules",
+    "fewlabel.plugins.methods",
+    "fewlabel.plugins.optim",
     "fewlabel.plugins.recipes",
 ]
 

@@ -14,8 +14,13 @@ device, batch-wise:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from fewlabel.plugins.encoders.registry import create_encoder
 
 
 class Encoder(nn.Module):
@@ -61,3 +66,50 @@ def check_input(x: Tensor, ndim: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} expects a tensor with {' or '.join(map(str, ndim))} dims, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
+
+
+def build_encoder(encoder: nn.Module | Mapping[str, Any]) -> nn.Module:
+    """Return ``encoder`` itself, or build it from a spec ``{"name": ..., **kwargs}`` via the registry.
+
+    Raises:
+        TypeError: ``encoder`` is neither a module nor a spec with a ``name``.
+    """
+    if isinstance(encoder, nn.Module):
+        return encoder
+    if isinstance(encoder, Mapping) and "name" in encoder:
+        spec = dict(encoder)
+        return create_encoder(spec.pop("name"), **spec)
+    raise TypeError(f"encoder must be an nn.Module or a spec dict with a 'name' key, got {type(encoder).__name__}")
+
+
+def check_encoder(encoder: nn.Module, *, intermediates: bool = False) -> int:
+    """Check the encoder contract and return its ``embed_dim``; raise naming what is missing.
+
+    Any ``nn.Module`` with ``embed_dim`` embeds (``preprocess`` and ``forward_embed`` are optional, see
+    :func:`preprocess` and :func:`embed`); multi-exit methods also need ``forward_intermediates``,
+    ``intermediate_dims`` and ``preprocess``.
+
+    Raises:
+        TypeError: naming the missing attributes.
+    """
+    missing = [a for a in ("embed_dim",) if not hasattr(encoder, a)]
+    if intermediates:
+        missing += [a for a in ("forward_intermediates", "intermediate_dims", "preprocess") if not hasattr(encoder, a)]
+    if missing:
+        raise TypeError(
+            f"{type(encoder).__name__} does not honour the fewlabel encoder contract: missing {missing} "
+            "(subclass fewlabel.plugins.encoders.Encoder)"
+        )
+    return int(encoder.embed_dim)
+
+
+def preprocess(encoder: nn.Module, x: Tensor) -> Tensor:
+    """The encoder's front end (``encoder.preprocess``), or ``x`` itself for a plain module."""
+    front = getattr(encoder, "preprocess", None)
+    return front(x) if callable(front) else x
+
+
+def embed(encoder: nn.Module, z: Tensor) -> Tensor:
+    """The ``(B, D)`` embedding of a preprocessed batch: ``forward_embed`` if the encoder has one, else ``encoder(z)``."""
+    forward_embed = getattr(encoder, "forward_embed", None)
+    return forward_embed(z) if callable(forward_embed) else encoder(z)

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from fewlabel.callbacks import FiniteLossGuard
 from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLabelDataModule, ImageFolderDataModule
 from fewlabel.plugins.registry import Registry
 
@@ -50,13 +51,15 @@ def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logge
     """A ``lightning.Trainer`` from the recipe's defaults, updated with the global ``trainer`` section and
     then with the stage's own (so ``--trainer.enable_progress_bar false`` wins over ``progress``).
 
-    ``logger``, ``callbacks`` and ``enable_checkpointing`` belong to the recipe (the config check refuses them).
+    ``logger``, ``callbacks`` and ``enable_checkpointing`` belong to the recipe (the config check refuses them);
+    every trainer gets a :class:`~fewlabel.callbacks.FiniteLossGuard`.
     """
     kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "enable_model_summary": False,
                               "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_progress_bar": progress}
     kwargs.update(config.get("trainer") or {})
     kwargs.update(stage_trainer or {})
-    return L.Trainer(logger=logger, callbacks=callbacks, enable_checkpointing=checkpoint, **kwargs)
+    return L.Trainer(logger=logger, callbacks=[*callbacks, FiniteLossGuard()], enable_checkpointing=checkpoint,
+                     **kwargs)
 
 
 def close_logger(logger: Logger | bool) -> None:

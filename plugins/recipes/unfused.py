@@ -32,8 +32,9 @@ from torch import nn
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.augment import create_augment
-from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
-from fewlabel.plugins.modules.common import build_encoder, make_views
+from fewlabel.plugins.methods import Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.plugins.augment.views import make_views
+from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
 from fewlabel.plugins.recipes.stage import (

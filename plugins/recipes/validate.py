@@ -22,7 +22,7 @@ import lightning as L
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.augment.factory import AUGMENTS
 from fewlabel.plugins.encoders.registry import encoder_constructor
-from fewlabel.plugins.modules import Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.plugins.methods import Classifier, DeepClusterV2, SelfDistillation
 from fewlabel.plugins.registry import Registry, closest
 
 

@@ -16,7 +16,7 @@ import fewlabel.callbacks
 import fewlabel.callbacks.pseudo_labeler as pseudo_labeler_module
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, clustering_metrics
-from fewlabel.plugins.modules.pseudo_labels import PseudoLabelMixin
+from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
 
 K, PER, DIM = 5, 20, 8
 

@@ -8,7 +8,7 @@ from torch import nn
 from fewlabel.plugins import Registry, create_augment, create_encoder, list_encoders
 from fewlabel.plugins.augment.factory import AUGMENTS
 from fewlabel.plugins.encoders.registry import ENCODERS
-from fewlabel.plugins.modules.optim import OPTIMIZERS
+from fewlabel.plugins.optim.optimizers import OPTIMIZERS
 
 
 def test_register_create_names_and_errors() -> None:

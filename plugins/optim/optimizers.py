@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from fewlabel.plugins.registry import Registry
-from fewlabel.plugins.schedules import cosine_schedule
+from fewlabel.plugins.optim.schedules import cosine_schedule
 
 #: ``name -> (params, lr, weight_decay, momentum) -> torch.optim.Optimizer``.
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")

@@ -9,18 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, kmeans
 from fewlabel.plugins.losses.deepcluster import deepcluster_v2_loss
-from fewlabel.plugins.modules.common import build_encoder, check_encoder, check_finite, make_views
-from fewlabel.plugins.modules.optim import build_optimizer, check_optimizer
+from fewlabel.plugins.heads.projection import projection_mlp
+from fewlabel.plugins.methods.base import Method
 
 
-class DeepClusterV2(L.LightningModule):
+class DeepClusterV2(Method):
     """Spherical k-means prototypes each epoch + cross-entropy on the assignments.
 
     A memory bank keeps the latest projected, L2-normalised embedding of every sample for each
@@ -77,7 +76,8 @@ class DeepClusterV2(L.LightningModule):
         warmup_fraction: float = 0.1,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, augment, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         warmup_fraction=warmup_fraction)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not num_prototypes or min(num_prototypes) < 2:
@@ -89,15 +89,8 @@ class DeepClusterV2(L.LightningModule):
         check_max_train_rows(max_train_rows, max(num_prototypes))
         if not isinstance(init_memory_train_mode, bool):
             raise ValueError(f"init_memory_train_mode must be True or False, got {init_memory_train_mode!r}")
-        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters(ignore=["encoder", "augment"])
-        self.encoder = build_encoder(encoder)
-        embed_dim = check_encoder(self.encoder)
-        self.augment = augment
-        self.projector = nn.Sequential(
-            nn.Linear(embed_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, feat_dim),
-        )
+        self.projector = projection_mlp([self.embed_dim, hidden_dim, feat_dim])
         self.num_prototypes = list(num_prototypes)
         for h, k in enumerate(self.num_prototypes):
             self.register_buffer(f"prototypes_{h}", F.normalize(torch.randn(k, feat_dim), dim=1))
@@ -106,13 +99,9 @@ class DeepClusterV2(L.LightningModule):
         self.register_buffer("assignments", torch.full((len(self.num_prototypes), num_samples), -1, dtype=torch.long))
         self.register_buffer("memory_ready", torch.tensor(False))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The encoder's embedding of a raw input batch."""
-        return self.encoder(x)
-
     def project(self, z: Tensor) -> Tensor:
         """L2-normalised projection (float32) of preprocessed views."""
-        return F.normalize(self.projector(self.encoder.forward_embed(z)).float(), dim=1)
+        return F.normalize(self.projector(self.embed(z)).float(), dim=1)
 
     def prototype_scores(self, z: Tensor, head: int) -> Tensor:
         """Cosine scores ``z @ prototypes_head.T`` of L2-normalised projections ``(B, feat_dim)``.
@@ -133,14 +122,13 @@ class DeepClusterV2(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         index = batch["index"]
-        views = make_views(self.encoder, batch, self.augment, self.hparams.num_views)
+        views = self.views(batch, self.hparams.num_views)
         z = self.project(torch.cat(views)).view(len(views), -1, self.hparams.feat_dim)
         self._remember(z.detach(), index)
         flat = z.reshape(-1, z.shape[-1])
         scores = [self.prototype_scores(flat, h) for h in range(len(self.num_prototypes))]
         targets = [self.assignments[h, index].repeat(len(views)) for h in range(len(self.num_prototypes))]
         loss = deepcluster_v2_loss(scores, targets, self.hparams.temperature)
-        check_finite(loss, self, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -165,7 +153,7 @@ class DeepClusterV2(L.LightningModule):
         self.train(self.hparams.init_memory_train_mode)
         for batch in self.trainer.train_dataloader:
             batch = self.trainer.strategy.batch_to_device(batch)
-            views = make_views(self.encoder, batch, self.augment, self.hparams.num_views)
+            views = self.views(batch, self.hparams.num_views)
             z = self.project(torch.cat(views)).view(len(views), -1, self.hparams.feat_dim)
             self._remember(z, batch["index"])
         for module, training in modes.items():
@@ -202,9 +190,3 @@ class DeepClusterV2(L.LightningModule):
             self.assignments[h, written] = self.prototype_scores(bank, h).argmax(dim=1)
         sizes = torch.bincount(self.assignments[0, written], minlength=self.num_prototypes[0])
         self.log("train/empty_clusters", float((sizes == 0).sum()), on_epoch=True, on_step=False)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        return build_optimizer(self, params, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                               momentum=hp.momentum, warmup_fraction=hp.warmup_fraction)

@@ -9,36 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 from torch import Tensor, nn
 
+from fewlabel.plugins.heads.multi_exit import aux_head
 from fewlabel.plugins.losses.multi_exit import MultiExitDistillationLoss
-from fewlabel.plugins.modules.common import build_encoder, check_encoder, check_finite, make_views
-from fewlabel.plugins.modules.optim import build_optimizer, check_optimizer
-from fewlabel.plugins.modules.pseudo_labels import PseudoLabelMixin
+from fewlabel.plugins.methods.base import Method
+from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
 
 
-def aux_head(in_dim: int, hidden_dim: int, num_classes: int) -> nn.Sequential:
-    """Auxiliary exit: 2 x [Linear (no bias), BatchNorm, ReLU] then Linear (no bias) -> classes.
-
-    The UnFuSeD code builds this head with ``hidden_dim = num_classes``.
-
-    Args:
-        in_dim: Size of the block feature the head reads.
-        hidden_dim: Width of the two hidden layers.
-        num_classes: Number of output logits.
-
-    Returns:
-        The head, mapping ``(B, in_dim)`` to ``(B, num_classes)`` logits.
-    """
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, num_classes, bias=False),
-    )
-
-
-class SelfDistillation(PseudoLabelMixin, L.LightningModule):
+class SelfDistillation(PseudoLabelMixin, Method):
     """Train an encoder on per-sample pseudo-labels with a final exit and auxiliary exits.
 
     Needs ``self.pseudo_labels`` filled (e.g. by :class:`fewlabel.callbacks.PseudoLabeler` with
@@ -76,17 +55,14 @@ class SelfDistillation(PseudoLabelMixin, L.LightningModule):
         momentum: float = 0.9,
         warmup_fraction: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, augment, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         warmup_fraction=warmup_fraction, intermediates=True)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if aux_hidden_dim is not None and aux_hidden_dim < 1:
             raise ValueError(f"aux_hidden_dim must be None (= num_classes) or >= 1, got {aux_hidden_dim}")
-        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters(ignore=["encoder", "augment"])
-        self.encoder = build_encoder(encoder)
-        embed_dim = check_encoder(self.encoder, intermediates=True)
-        self.augment = augment
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(self.embed_dim, num_classes)
         hidden = num_classes if aux_hidden_dim is None else aux_hidden_dim
         self.aux_heads = nn.ModuleList(aux_head(c, hidden, num_classes) for c in self.encoder.intermediate_dims)
         self.loss = MultiExitDistillationLoss(aux_ce_weight, kl_weight, feature_weight, temperature, detach_teacher)
@@ -103,16 +79,10 @@ class SelfDistillation(PseudoLabelMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         target = self.lookup_pseudo_labels(batch["index"])
-        (z,) = make_views(self.encoder, batch, self.augment, 1)
+        (z,) = self.views(batch, 1)
         final, aux = self.forward_exits(z)
         loss, parts = self.loss(final, aux, target)
-        check_finite(loss, self, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items()})
         self.log("train/pseudo_acc", (final.argmax(1) == target).float().mean())
         return loss
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return build_optimizer(self, self.parameters(), name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                               momentum=hp.momentum, warmup_fraction=hp.warmup_fraction)

@@ -5,18 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fewlabel.plugins.encoders import RunningNorm
-from fewlabel.plugins.modules.common import build_encoder, check_encoder, check_finite, make_views
-from fewlabel.plugins.modules.optim import build_optimizer, check_optimizer
+from fewlabel.plugins.methods.base import Method
 
 
-class Classifier(L.LightningModule):
+class Classifier(Method):
     """Encoder + linear head trained with cross-entropy on labeled samples (label ``-1`` is ignored).
 
     ``freeze_encoder=True`` is linear evaluation: the encoder stays in eval mode without gradients.
@@ -54,22 +52,16 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         bn_eval: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, augment, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                         warmup_fraction=warmup_fraction)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters(ignore=["encoder", "augment"])
-        self.encoder = build_encoder(encoder)
-        self.augment = augment
-        self.head = nn.Linear(check_encoder(self.encoder), num_classes)
+        self.head = nn.Linear(self.embed_dim, num_classes)
         # set, never assume: an encoder handed over by another stage may arrive frozen or in eval mode
         self.encoder.requires_grad_(not freeze_encoder)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-
-    def on_fit_start(self) -> None:
-        """Enter train mode (Lightning keeps the mode a module arrives in) with the encoder's modes held."""
-        self.train()
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
@@ -92,13 +84,12 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._hold_encoder_modes()  # Lightning may switch sub-modules to train mode directly
-        (z,) = make_views(self.encoder, batch, self.augment, 1)
+        (z,) = self.views(batch, 1)
         with torch.set_grad_enabled(not self.hparams.freeze_encoder):
-            emb = self.encoder.forward_embed(z) if hasattr(self.encoder, "forward_embed") else self.encoder(z)
+            emb = self.embed(z)
         logits = self.head(emb.float() if self.hparams.freeze_encoder else emb)
         loss = F.cross_entropy(logits.float(), batch["label"], ignore_index=-1,
                                label_smoothing=self.hparams.label_smoothing)
-        check_finite(loss, self, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -115,10 +106,10 @@ class Classifier(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self(batch["input"])
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The head at ``lr``; the encoder (unless frozen) at ``lr * encoder_lr_scale``."""
         hp = self.hparams
         groups: list[dict[str, Any]] = [{"params": self.head.parameters()}]
         if not hp.freeze_encoder:
             groups.append({"params": self.encoder.parameters(), "lr": hp.lr * hp.encoder_lr_scale})
-        return build_optimizer(self, groups, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                               warmup_fraction=hp.warmup_fraction)
+        return groups

@@ -1,0 +1,85 @@
+"""The one LightningModule skeleton every fewlabel method builds on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from torch import Tensor, nn
+
+from fewlabel.plugins.augment.views import make_views
+from fewlabel.plugins.encoders.base import build_encoder, check_encoder, embed
+from fewlabel.plugins.optim.optimizers import build_optimizer, check_optimizer
+
+__all__ = ["Method"]
+
+
+class Method(L.LightningModule):
+    """Encoder + contract check, views, optimizer and schedule, and logging, for every method.
+
+    A method file holds its heads and its ``training_step``; everything else is here:
+
+    * ``self.encoder`` is built from a module or a registry spec and checked once (``embed_dim``, and
+      the multi-exit attributes when ``intermediates``); :meth:`embed` is the only way methods embed
+      a preprocessed batch, so a plain ``nn.Module`` with ``embed_dim`` works wherever the check passed.
+    * :meth:`views` makes a batch's preprocessed views (``batch["views"]`` or ``augment`` on the device).
+    * :meth:`configure_optimizers` builds the named optimizer over :meth:`parameter_groups` with a
+      warm-up + cosine schedule stepped per optimizer step.
+    * :meth:`on_fit_start` enters train mode: Lightning keeps the mode a module arrives in, and an
+      encoder handed over by another stage may arrive in eval mode.
+
+    Losses run in float32 inside the loss functions; a non-finite loss is caught by
+    :class:`fewlabel.callbacks.FiniteLossGuard` when the trainer has it.
+
+    Args:
+        encoder: A fewlabel encoder (``nn.Module`` with ``embed_dim``) or a spec ``{"name": ..., **kwargs}``.
+        augment: Batch-wise augmentation applied after the encoder's front end to make each view.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (see ``fewlabel.plugins.optim``).
+        lr, weight_decay, momentum, warmup_fraction: Optimiser settings; the schedule warms up over
+            ``warmup_fraction`` of the steps, then decays to 0 on a cosine.
+        intermediates: The method needs the encoder's block features (multi-exit heads).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module | Mapping[str, Any],
+        augment: nn.Module | None = None,
+        *,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        warmup_fraction: float = 0.0,
+        intermediates: bool = False,
+    ) -> None:
+        super().__init__()
+        check_optimizer(optimizer, lr, weight_decay, warmup_fraction)
+        self.optimizer_settings = {"name": optimizer, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                                   "warmup_fraction": warmup_fraction}
+        self.encoder = build_encoder(encoder)
+        self.embed_dim = check_encoder(self.encoder, intermediates=intermediates)
+        self.augment = augment
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The encoder's ``(B, D)`` embedding of a raw input batch."""
+        return self.encoder(x)
+
+    def embed(self, z: Tensor) -> Tensor:
+        """The ``(B, D)`` embedding of a preprocessed batch (a view)."""
+        return embed(self.encoder, z)
+
+    def views(self, batch: Mapping[str, Any], num_views: int) -> list[Tensor]:
+        """``num_views`` preprocessed views of ``batch``."""
+        return make_views(self.encoder, batch, self.augment, num_views)
+
+    def on_fit_start(self) -> None:
+        self.train()
+
+    def parameter_groups(self) -> Any:
+        """What the optimizer trains: every parameter with ``requires_grad`` (override for groups)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        settings = dict(self.optimizer_settings)
+        return build_optimizer(self, self.parameter_groups(), **settings)

@@ -1,0 +1,8 @@
+"""Optimizers (a registry) and schedules (pure functions of the step)."""
+
+from __future__ import annotations
+
+from fewlabel.plugins.optim.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
+from fewlabel.plugins.optim.schedules import cosine_schedule
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "check_optimizer", "cosine_schedule"]
