@@ -17,8 +17,10 @@ from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, check_max_train_r
 from fewlabel.plugins.losses.deepcluster import deepcluster_v2_loss
 from fewlabel.plugins.heads.projection import projection_mlp
 from fewlabel.plugins.methods.base import Method
+from fewlabel.plugins.methods.registry import register_method
 
 
+@register_method("deepcluster_v2")
 class DeepClusterV2(Method):
     """Spherical k-means prototypes each epoch + cross-entropy on the assignments.
 
