@@ -179,7 +179,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def fit_stage(
     stage_dir: Path,
     module: L.LightningModule,
-    datamodule: L.LightningDataModule,
+    train_dataloaders: Any,
     make_trainer: Any,
     callbacks: list[L.Callback],
     settings: dict[str, Any] | None = None,
@@ -193,7 +193,7 @@ def fit_stage(
     Args:
         stage_dir: The stage's folder.
         module: A freshly built module; its weights are replaced by the stage's result.
-        datamodule: The data.
+        train_dataloaders: The stage's training loader (or a zero-argument callable returning it).
         make_trainer: ``callable(callbacks) -> Trainer``.
         callbacks: Stage callbacks (their ``state_dict`` is in the checkpoints).
         settings: The configuration the stage's result depends on; reusing or resuming a stage made
@@ -216,10 +216,13 @@ def fit_stage(
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                  enable_version_counter=False)
     trainer = make_trainer([*callbacks, RNGStateKeeper(), checkpoint])
+    for logger in trainer.loggers:  # what this stage was made with (the module logs its own hyperparameters)
+        logger.log_hyperparams({"stage": stage_dir.name, "settings": settings})
     last = stage_dir / LAST
     check_checkpoint(last)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        loader = train_dataloaders() if callable(train_dataloaders) else train_dataloaders
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.exists() else None)
     except FloatingPointError as err:
         raise FloatingPointError(f"stage {stage_dir.name!r}: {err}") from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -81,7 +81,8 @@ def build_student(config: dict[str, Any], dm: FewLabelDataModule,
     k = pl_cfg.pop("num_clusters", None) or dm.num_classes
     module = SelfDistillation(cfg["encoder"], num_classes=k, num_samples=dm.num_unlabeled,
                               augment=_augment(cfg.get("augment")), **(cfg.get("module") or {}))
-    return module, PseudoLabeler(num_clusters=k, teacher=teacher, **pl_cfg)
+    return module, PseudoLabeler(num_clusters=k, teacher=teacher, dataloader=lambda: dm.unlabeled_dataloader(train=False),
+                                 **pl_cfg)
 
 
 def build_classifier(config: dict[str, Any], dm: FewLabelDataModule, spec: dict[str, Any],
@@ -180,15 +181,15 @@ def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, lo
     """Stage 1: DeepCluster-v2 on the unlabeled pool."""
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     module = build_teacher(config, dm)
-    dm.train_split = "unlabeled"
     _say("stage 1/4 teacher: DeepCluster-v2 on the unlabeled pool")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        return make_trainer(config, {"limit_val_batches": 0, **(config["teacher"].get("trainer") or {})},
+        return make_trainer(config, config["teacher"].get("trainer") or {},
                             callbacks=callbacks, logger=make_logger(logger, output, "teacher", "unfused"),
                             progress=True, checkpoint=True)
 
-    module, _, reused = fit_stage(output / "teacher", module, dm, trainer, [], _settings(config, TEACHER_KEYS))
+    module, _, reused = fit_stage(output / "teacher", module, dm.unlabeled_dataloader, trainer, [],
+                                  _settings(config, TEACHER_KEYS))
     if reused:
         _say("  reused the finished teacher")
     return module
@@ -199,16 +200,15 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
     """Stages 2 + 3: teacher pseudo-labels, then multi-exit self-distillation into a fresh student."""
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     module, labeler = build_student(config, dm, teacher)
-    dm.train_split = "unlabeled"
     _say(f"stage 2/4 pseudo-labels: teacher embeddings -> PCA-whitening -> k-means (k={module.hparams.num_classes})")
     _say("stage 3/4 student: multi-exit self-distillation on the pseudo-labels")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        return make_trainer(config, {"limit_val_batches": 0, **(config["student"].get("trainer") or {})},
+        return make_trainer(config, config["student"].get("trainer") or {},
                             callbacks=callbacks, logger=make_logger(logger, output, "student", "unfused"),
                             progress=True, checkpoint=True)
 
-    module, info, reused = fit_stage(output / "student", module, dm, trainer, [labeler],
+    module, info, reused = fit_stage(output / "student", module, dm.unlabeled_dataloader, trainer, [labeler],
                                      _settings(config, STUDENT_KEYS),
                                      describe=lambda: {"pseudo_labels": dict(labeler.metrics)})
     if reused:
@@ -223,17 +223,17 @@ def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, s
                   encoders: dict[str, nn.Module], k: int, seed: int, output: Path, logger: str,
                   parent: Logger | bool) -> dict[str, Any]:
     dm.draw_labels(k, seed)
-    dm.train_split = "labeled"
     L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
     module = build_classifier(config, dm, spec, encoders)
-    trainer = make_trainer(config, {"check_val_every_n_epoch": 10**6, **(spec.get("trainer") or {})}, callbacks=[],
+    trainer = make_trainer(config, spec.get("trainer") or {}, callbacks=[],
                            logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune",
                                               parent=parent, prefix=f"{method}/lpc{k}/seed{seed}"),
                            progress=False, checkpoint=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    val = trainer.validate(module, datamodule=dm, verbose=False)[0].get("val/acc", float("nan"))
-    test = trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]
+    trainer.fit(module, train_dataloaders=dm.labeled_dataloader())
+    val_loader = dm.val_dataloader()
+    val = trainer.validate(module, val_loader, verbose=False)[0]["val/acc"] if len(val_loader) else float("nan")
+    test = trainer.test(module, dm.test_dataloader(), verbose=False)[0]["test/acc"]
     return {"method": method, "labels_per_class": k, "seed": seed, "val_accuracy": float(val),
             "test_accuracy": float(test), "params": sum(p.numel() for p in module.parameters()),
             "seconds": time.perf_counter() - start}
