@@ -243,12 +243,19 @@ class FewLabelDataModule(L.LightningDataModule):
             collate_fn=collate_dict,
         )
 
-    def labeled_dataloader(self) -> DataLoader:
-        """The labeled draw: shuffled, training-mode inputs, last partial batch kept.
+    def labeled_dataloader(self, train: bool = True) -> DataLoader:
+        """The labeled draw.
 
-        With ``labeled_samples_per_epoch`` larger than the draw, the draw is repeated
-        ``ceil(labeled_samples_per_epoch / len(draw))`` times per epoch (then shuffled).
+        Args:
+            train: ``True``: shuffled, training-mode inputs, ``batch_size``, last partial batch kept;
+                with ``labeled_samples_per_epoch`` larger than the draw, the draw is repeated
+                ``ceil(labeled_samples_per_epoch / len(draw))`` times per epoch (then shuffled).
+                ``False``: every labeled sample once, sequential, deterministic inputs,
+                ``eval_batch_size`` (a kNN bank, a few-shot support set).
         """
+        if not train:
+            view = SampleView(self._ready(), self._labeled_indices, train=False)
+            return self._loader(view, self.eval_batch_size, shuffle=False)
         positions = self._labeled_indices
         wanted = self.labeled_samples_per_epoch
         if wanted is not None and 0 < len(positions) < wanted:  # type: ignore[arg-type]

@@ -124,6 +124,11 @@ class SampleView(Dataset[dict[str, object]]):
     def __len__(self) -> int:
         return int(self.positions.shape[0])
 
+    @property
+    def num_positions(self) -> int:
+        """The range of ``"index"``: the length of the dataset the positions refer to (not of this view)."""
+        return len(self.dataset)
+
     def __getitem__(self, i: int) -> dict[str, object]:
         position = int(self.positions[i])
         target = int(self.dataset.targets[position])

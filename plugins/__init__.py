@@ -8,6 +8,7 @@ from __future__ import annotations
 from fewlabel.plugins.augment import BatchImageAugment, ByolaAugment, create_augment
 from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, clustering_metrics, kmeans, pca_whiten
 from fewlabel.plugins.encoders import AudioNTT, Encoder, LogMelFrontend, SmallCNN, TimmEncoder, create_encoder, list_encoders, register_encoder
+from fewlabel.plugins.evaluation import fit_linear_probe, knn_accuracy, knn_predict, linear_probe_accuracy
 from fewlabel.plugins.gather import Embeddings, gather_embeddings, merge_embeddings
 from fewlabel.plugins.losses import (
     BarlowTwinsLoss,
@@ -18,17 +19,34 @@ from fewlabel.plugins.losses import (
     VICRegLoss,
     deepcluster_v2_loss,
 )
-from fewlabel.plugins.methods import Classifier, DeepClusterV2, Method, PseudoLabelMixin, SelfDistillation
+from fewlabel.plugins.methods import (
+    BYOL,
+    BYOLA,
+    DINO,
+    BarlowTwins,
+    Classifier,
+    DeepClusterV2,
+    Method,
+    PseudoLabelMixin,
+    RotNet,
+    SelfDistillation,
+    SimCLR,
+    VICReg,
+)
 from fewlabel.plugins.optim import cosine_schedule
 from fewlabel.plugins.registry import Registry
 
 __all__ = [
     "AudioNTT",
+    "BYOL",
+    "BYOLA",
+    "BarlowTwins",
     "BarlowTwinsLoss",
     "BatchImageAugment",
     "ByolaAugment",
     "Classifier",
     "ClusterResult",
+    "DINO",
     "DINOLoss",
     "DeepClusterV2",
     "Embeddings",
@@ -40,9 +58,12 @@ __all__ = [
     "NegativeCosineSimilarity",
     "PseudoLabelMixin",
     "Registry",
+    "RotNet",
     "SelfDistillation",
+    "SimCLR",
     "SmallCNN",
     "TimmEncoder",
+    "VICReg",
     "VICRegLoss",
     "cluster_embeddings",
     "clustering_metrics",
@@ -50,8 +71,12 @@ __all__ = [
     "create_augment",
     "create_encoder",
     "deepcluster_v2_loss",
+    "fit_linear_probe",
     "gather_embeddings",
     "kmeans",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe_accuracy",
     "list_encoders",
     "merge_embeddings",
     "pca_whiten",

@@ -156,13 +156,16 @@ def gather_embeddings(
 
     The encoder runs in eval mode without gradients; each submodule's training flag is restored
     afterwards, also on error. Rows are written into a buffer preallocated from
-    ``len(dataloader.dataset)`` at their ``batch[index_key]`` positions, so repeated indices
+    ``dataloader.dataset.num_positions`` (a view of part of a dataset, such as a labeled draw, says
+    how far its ``"index"`` reaches) or else ``len(dataloader.dataset)`` (a size hint: positions beyond it
+    grow the buffer), at their ``batch[index_key]`` positions, so repeated indices
     (``DistributedSampler`` padding) overwrite each other and rows never seen are dropped: a
     sharded loader returns only its shard. Batches without ``label_key`` get label ``-1``.
 
     Memory: the buffer is the only full-size allocation. When every row is seen it is returned as
     is; otherwise the seen rows are moved to its front in place and the tail is released. Only a
-    loader whose dataset has no ``len()`` grows the buffer (by doubling, copying once per growth).
+    loader whose dataset has no ``len()``, or whose positions exceed it, grows the buffer (by doubling,
+    copying once per growth).
     With ``max_ram_bytes`` set, a buffer larger than that is a memmap on an anonymous temporary
     file (removed when the array is garbage-collected), so ``embeddings`` is then an ``np.memmap``.
     A ``"float16"`` buffer halves the memory; values beyond float16's range (65504) become inf and
@@ -190,7 +193,7 @@ def gather_embeddings(
         :class:`Embeddings` sorted by index.
 
     Raises:
-        ValueError: empty dataloader, bad encoder output, index outside the dataset, bad
+        ValueError: empty dataloader, bad encoder output, a negative index, bad
             ``buffer_dtype``, or non-finite embeddings (the message gives the number of rows).
 
     Example:
@@ -249,7 +252,9 @@ def _gather_local(
     buffer: _Buffer,
 ) -> Embeddings:
     dataset = getattr(dataloader, "dataset", None)
-    size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    size = getattr(dataset, "num_positions", None)  # a view of a larger dataset: the range of "index"
+    if size is None:
+        size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
     emb: np.ndarray | None = None
     labels = np.empty(0, dtype=np.int64)
     seen = np.zeros(0, dtype=bool)
@@ -261,11 +266,11 @@ def _gather_local(
             if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != index.shape[0]:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"the encoder must return a ({index.shape[0]}, D) tensor for this batch, got {got}")
-            if index.size and (index.min() < 0 or (size is not None and index.max() >= size)):
-                raise ValueError(f"batch['{index_key}'] holds positions outside the dataset of {size} samples")
+            if index.size and index.min() < 0:
+                raise ValueError(f"batch['{index_key}'] holds negative positions ({int(index.min())})")
             rows = out.detach().to(dtype=torch_dtype).cpu().numpy()
             needed = int(index.max()) + 1 if index.size else 0
-            if emb is None or needed > emb.shape[0]:  # first batch, or a dataset without len()
+            if emb is None or needed > emb.shape[0]:  # first batch, or positions beyond the size hint
                 capacity = max(needed, size or 0, 2 * (0 if emb is None else emb.shape[0]))
                 emb, labels, seen = _grow(emb, labels, seen, capacity, rows.shape[1], buffer)
             emb[index] = rows

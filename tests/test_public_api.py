@@ -9,10 +9,12 @@ import pytest
 
 PACKAGES = [
     "fewlabel.callbacks",
+    "fewlabel.callbacks.eval",
     "fewlabel.datamodules",
     "fewlabel.plugins",
     "fewlabel.plugins.augment",
     "fewlabel.plugins.encoders",
+    "fewlabel.plugins.evaluation",
     "fewlabel.plugins.heads",
     "fewlabel.plugins.losses",
     "fewlabel.plugins.methods",

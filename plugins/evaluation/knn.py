@@ -18,7 +18,7 @@ import numpy as np
 
 from fewlabel.plugins.clustering import _as_matrix, _chunk_rows, _is_count, _read, faiss_threads
 
-__all__ = ["knn_accuracy", "knn_predict"]
+__all__ = ["check_knn_args", "knn_accuracy", "knn_predict"]
 
 
 def _as_labels(labels: Any, name: str, rows: int) -> np.ndarray:
@@ -121,7 +121,9 @@ def knn_predict(
     if num_classes is None:
         num_classes = top
     elif not _is_count(num_classes, top):
-        raise ValueError(f"num_classes must be an integer >= {top} (the largest bank label + 1) or None, got {num_classes!r}")
+        raise ValueError(
+            f"num_classes must be an integer >= {top} (the largest bank label + 1) or None, got {num_classes!r}"
+        )
     c = int(num_classes)
     m = query.shape[0]
     rows = _chunk_rows(max(d, 2 * c, 2 * int(k)), chunk_size)  # the float64 votes are (rows, C)

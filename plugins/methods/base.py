@@ -70,11 +70,33 @@ class Method(L.LightningModule):
         return embed(self.encoder, z)
 
     def views(self, batch: Mapping[str, Any], num_views: int) -> list[Tensor]:
-        """``num_views`` preprocessed views of ``batch``."""
-        return make_views(self.encoder, batch, self.augment, num_views)
+        """``num_views`` preprocessed views of ``batch``.
+
+        Raises:
+            ValueError: the batch carries ``"views"`` but not ``num_views`` of them.
+        """
+        views = make_views(self.encoder, batch, self.augment, num_views)
+        if len(views) != num_views:
+            raise ValueError(f"{type(self).__name__} needs {num_views} views per sample, the batch carries {len(views)}")
+        return views
+
+    #: How the error for a missing momentum driver spells the callback to add (see :meth:`on_fit_start`).
+    ema_callback_hint = "EMATeacher()"
 
     def on_fit_start(self) -> None:
+        """Enter train mode; a method with ``momentum_pairs()`` also checks that a callback drives them.
+
+        Raises:
+            RuntimeError: the method has momentum teachers and no callback in ``trainer.callbacks`` has
+                ``updates_momentum_pairs = True`` (such as :class:`fewlabel.callbacks.EMATeacher`).
+        """
         self.train()
+        if callable(getattr(self, "momentum_pairs", None)) and not any(
+                getattr(callback, "updates_momentum_pairs", False) is True for callback in self.trainer.callbacks):
+            raise RuntimeError(
+                f"{type(self).__name__}'s teacher is an EMA of the student and nothing updates it: add "
+                f"fewlabel.callbacks.{self.ema_callback_hint} to the Trainer's callbacks"
+            )
 
     def parameter_groups(self) -> Any:
         """What the optimizer trains: every parameter with ``requires_grad`` (override for groups)."""

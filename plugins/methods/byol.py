@@ -127,18 +127,6 @@ class BYOL(Method):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_fit_start(self) -> None:
-        """Enter train mode (target included) and check that a callback updates the target.
-
-        Raises:
-            RuntimeError: no callback in ``trainer.callbacks`` has ``updates_momentum_pairs = True``.
-        """
-        super().on_fit_start()
-        if not any(getattr(callback, "updates_momentum_pairs", False) is True for callback in self.trainer.callbacks):
-            raise RuntimeError(
-                f"{type(self).__name__} needs a callback that updates its target network after every optimizer "
-                "step: add fewlabel.callbacks.EMATeacher() to the Trainer's callbacks"
-            )
 
 
 @register_method("byola")

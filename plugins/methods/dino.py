@@ -33,10 +33,11 @@ class DINO(Method):
     global crops, then the local crops, each followed by ``augment``); when batches carry
     ``"views"`` (made by the datamodule) those are used instead, the first two being the global ones.
     The teacher embeds only the two global views, without gradients; the student embeds all views,
-    one forward per run of consecutive views of equal size (the reference's ``MultiCropWrapper``, so
-    BatchNorm statistics are those of one resolution). :class:`DINOLoss` takes the cross-entropy
-    from each teacher view to every other student view, with the teacher temperature of the current
-    epoch (linear warm-up), and updates its centre (a checkpointed buffer) after every step.
+    its encoder once per run of consecutive views of equal size (so BatchNorm statistics are those of
+    one resolution) and its head once on all of them, as the reference's ``MultiCropWrapper`` does.
+    :class:`DINOLoss` takes the cross-entropy from each teacher view to every other student view, with
+    the teacher temperature of the current epoch (linear warm-up), and updates its centre (a
+    checkpointed buffer) after every step.
 
     **Momentum-pair contract.** The teacher is a deep copy of the student made here, with
     ``requires_grad=False``, and part of the state dict (checkpointed); :meth:`momentum_pairs`
@@ -44,6 +45,9 @@ class DINO(Method):
     teacher itself: :class:`fewlabel.callbacks.EMATeacher` (DINO: ``base_momentum=0.996`` rising to 1)
     averages each pair after every optimizer step, and :meth:`on_fit_start` raises if the Trainer has
     no callback with ``updates_momentum_pairs = True``.
+
+    ``self.encoder`` (what callbacks and ``forward`` use) is the student's; the reference evaluates the
+    teacher's backbone, which is ``self.teacher_encoder`` here.
 
     **Teacher mode.** The teacher runs in train mode, as in the reference (``main_dino.py`` never puts
     the teacher in eval mode), so its BatchNorm layers normalise with the global crops' batch statistics.
@@ -75,8 +79,8 @@ class DINO(Method):
         norm_last_layer: Freeze the magnitude of the head's last layer at 1 (reference default ``True``).
         warmup_teacher_temp: Teacher temperature at epoch 0.
         teacher_temp: Teacher temperature after the warm-up (0.04; above 0.07 is unstable).
-        warmup_teacher_temp_epochs: Epochs of the linear temperature warm-up (reference default 0;
-            the paper's ViT-S runs use 30 from 0.04 to 0.07).
+        warmup_teacher_temp_epochs: Epochs of the linear temperature warm-up (``main_dino.py``
+            default 0; the published ViT-S/16 runs warm up from 0.04 to 0.07 over 30 epochs).
         student_temp: Student temperature (0.1).
         center_momentum: Momentum of the teacher-output centre (0.9).
         freeze_last_layer_epochs: Epochs during which the head's last layer is kept fixed (reference 1).
@@ -92,6 +96,8 @@ class DINO(Method):
 
         Train it with ``lightning.Trainer(callbacks=[fewlabel.callbacks.EMATeacher(base_momentum=0.996)])``.
     """
+
+    ema_callback_hint = "EMATeacher(base_momentum=0.996)"
 
     def __init__(
         self,
@@ -146,7 +152,8 @@ class DINO(Method):
         """The preprocessed views, the two global ones first: ``batch["views"]``, else multi-crops of the input.
 
         Raises:
-            ValueError: ``num_views`` disagrees with the multi-crop's, or fewer than two views.
+            KeyError: the batch has neither ``"views"`` nor ``"input"``.
+            ValueError: ``num_views`` disagrees with the number of views made, or fewer than two views.
         """
         if "views" in batch:
             views = make_views(self.encoder, batch, None, len(batch["views"]))
@@ -161,16 +168,20 @@ class DINO(Method):
         return views
 
     def student(self, views: Sequence[Tensor]) -> list[Tensor]:
-        """Student head outputs ``(B, out_dim)`` of every view, one forward per run of equal-sized views."""
-        outputs: list[Tensor] = []
+        """Student head outputs ``(B, out_dim)`` of every view.
+
+        The encoder runs once per run of consecutive views of equal size, the head once on all
+        embeddings, as the reference's ``MultiCropWrapper`` does.
+        """
+        embeddings: list[Tensor] = []
         start = 0
         while start < len(views):
             end = start + 1
             while end < len(views) and views[end].shape == views[start].shape:
                 end += 1
-            outputs += self.head(self.embed(torch.cat(list(views[start:end])))).chunk(end - start)
+            embeddings.append(self.embed(torch.cat(list(views[start:end]))))
             start = end
-        return outputs
+        return list(self.head(torch.cat(embeddings)).chunk(len(views)))
 
     @torch.no_grad()
     def teacher(self, global_views: Sequence[Tensor]) -> list[Tensor]:
@@ -188,19 +199,6 @@ class DINO(Method):
         self.log("train/teacher_temp", temperature, on_step=False, on_epoch=True)
         return loss
 
-    def on_fit_start(self) -> None:
-        """Enter train mode (teacher included, as in the reference) and check that a callback updates the teacher.
-
-        Raises:
-            RuntimeError: no callback in ``trainer.callbacks`` has ``updates_momentum_pairs = True``.
-        """
-        super().on_fit_start()
-        callbacks = self.trainer.callbacks
-        if not any(getattr(callback, "updates_momentum_pairs", False) is True for callback in callbacks):
-            raise RuntimeError(
-                "DINO's teacher is an EMA of the student and nothing updates it: add "
-                "fewlabel.callbacks.EMATeacher(base_momentum=0.996) to the Trainer's callbacks"
-            )
 
     def on_after_backward(self) -> None:
         """Drop the gradients of the head's last layer during the first ``freeze_last_layer_epochs`` epochs."""

@@ -41,7 +41,8 @@ class RotNet(Method):
     pooled embedding, so the head is a linear layer, or an MLP with ``hidden_dim``.
 
     Args:
-        encoder: A fewlabel image encoder (``nn.Module`` with ``embed_dim``) or a registry spec ``{"name": ..., **kwargs}``.
+        encoder: A fewlabel image encoder (``nn.Module`` with ``embed_dim``) or a registry spec
+            ``{"name": ..., **kwargs}``.
         augment: Batch-wise augmentation applied after the encoder's front end, before rotating.
         all_rotations: Feed all four rotations of every image (``True``) or one random rotation each.
         hidden_dim: ``None``: a linear head ``embed_dim -> 4``; an integer: ``Linear -> BatchNorm ->

@@ -11,17 +11,19 @@ __all__ = ["ema_update", "momentum_schedule"]
 
 
 @torch.no_grad()
-def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+def ema_update(student: nn.Module, teacher: nn.Module, momentum: float, *, copy_buffers: bool = False) -> None:
     """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter.
 
-    Floating-point buffers (BatchNorm running statistics) are copied from the student, as BYOL and
-    DINO do; integer buffers (``num_batches_tracked``) too. The two modules must have the same
-    structure. Runs with ``torch._foreach`` ops: one kernel launch per group, not per tensor.
+    Only parameters are averaged, as in the BYOL and DINO reference code: the teacher's buffers
+    (BatchNorm running statistics) come from its own forward passes. ``copy_buffers=True`` copies
+    the student's buffers instead (for a teacher that never runs in train mode). The two modules must
+    have the same structure. Runs with ``torch._foreach`` ops: one kernel launch per group, not per tensor.
 
     Args:
         student: The trained module.
         teacher: Its momentum copy (``requires_grad=False``).
         momentum: In ``[0, 1]``; 1 leaves the teacher unchanged, 0 copies the student.
+        copy_buffers: Copy the student's buffers into the teacher.
 
     Raises:
         ValueError: ``momentum`` outside ``[0, 1]`` or modules of different structure.
@@ -39,8 +41,9 @@ def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
         teacher_data = [t.data for t in t_params]
         torch._foreach_mul_(teacher_data, momentum)
         torch._foreach_add_(teacher_data, [s.data for s in s_params], alpha=1.0 - momentum)
-    for s, t in zip(s_buffers, t_buffers):
-        t.copy_(s)
+    if copy_buffers:
+        for s, t in zip(s_buffers, t_buffers):
+            t.copy_(s)
 
 
 def momentum_schedule(step: int, total_steps: int, base: float, final: float = 1.0) -> float:

@@ -32,7 +32,8 @@ from torch import nn
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.augment import create_augment
-from fewlabel.plugins.methods import Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.callbacks import EMATeacher
+from fewlabel.plugins.methods import METHODS, Classifier, Method, SelfDistillation
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
@@ -40,7 +41,9 @@ from fewlabel.plugins.recipes.config import merge
 from fewlabel.plugins.recipes.stage import (
     check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
 )
-from fewlabel.plugins.recipes.validate import COSMETIC_TRAINER_KEYS, RecipeError, check_config
+from fewlabel.plugins.recipes.validate import (
+    COSMETIC_TRAINER_KEYS, DEFAULT_TEACHER, RecipeError, check_config, constructor_parameters,
+)
 
 
 def _augment(spec: dict[str, Any] | None) -> nn.Module | None:
@@ -67,11 +70,24 @@ TEACHER_KEYS = ("seed", "num_threads", "data", "trainer", "teacher")
 STUDENT_KEYS = (*TEACHER_KEYS, "pseudo_labels", "student")
 
 
-def build_teacher(config: dict[str, Any], dm: FewLabelDataModule) -> DeepClusterV2:
-    """Stage 1's module, as configured."""
+def build_teacher(config: dict[str, Any], dm: FewLabelDataModule) -> Method:
+    """Stage 1's module: ``teacher.method`` (default DeepCluster-v2) of the method registry, as configured.
+
+    Methods that keep per-sample state (DeepCluster-v2's memory bank) get ``num_samples``.
+    """
     cfg = config["teacher"]
-    return DeepClusterV2(cfg["encoder"], num_samples=dm.num_unlabeled, augment=_augment(cfg.get("augment")),
-                         **(cfg.get("module") or {}))
+    method = METHODS.get(cfg.get("method", DEFAULT_TEACHER))
+    kwargs = dict(cfg.get("module") or {})
+    if "num_samples" in constructor_parameters(method)[0]:
+        kwargs["num_samples"] = dm.num_unlabeled
+    return method(cfg["encoder"], augment=_augment(cfg.get("augment")), **kwargs)
+
+
+def teacher_callbacks(config: dict[str, Any], module: Method) -> list[L.Callback]:
+    """An :class:`EMATeacher` (``teacher.ema`` settings) for methods with momentum teachers."""
+    if not callable(getattr(module, "momentum_pairs", None)):
+        return []
+    return [EMATeacher(**(config["teacher"].get("ema") or {}))]
 
 
 def build_student(config: dict[str, Any], dm: FewLabelDataModule,
@@ -155,8 +171,8 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
                                                  checkpoint=False), f" (accelerators on this machine: {here})")
         with torch.no_grad():
             teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
-            _checked("teacher.encoder", lambda: teacher.project(make_views(teacher.encoder, batch, teacher.augment, 1)[0]),
-                     hint)
+            _checked("teacher.encoder", lambda: teacher.embed(teacher.views(batch, 1)[0]), hint)
+            _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
             student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
             student.eval()
             _checked("student.encoder", lambda: student.forward_exits(make_views(student.encoder, batch,
@@ -177,19 +193,19 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
         lightning_log.setLevel(level)
 
 
-def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> DeepClusterV2:
-    """Stage 1: DeepCluster-v2 on the unlabeled pool."""
+def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> Method:
+    """Stage 1: self-supervised pretraining (``teacher.method``) on the unlabeled pool."""
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     module = build_teacher(config, dm)
-    _say("stage 1/4 teacher: DeepCluster-v2 on the unlabeled pool")
+    _say(f"stage 1/4 teacher: {type(module).__name__} on the unlabeled pool")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
         return make_trainer(config, config["teacher"].get("trainer") or {},
                             callbacks=callbacks, logger=make_logger(logger, output, "teacher", "unfused"),
                             progress=True, checkpoint=True)
 
-    module, _, reused = fit_stage(output / "teacher", module, dm.unlabeled_dataloader, trainer, [],
-                                  _settings(config, TEACHER_KEYS))
+    module, _, reused = fit_stage(output / "teacher", module, dm.unlabeled_dataloader, trainer,
+                                  teacher_callbacks(config, module), _settings(config, TEACHER_KEYS))
     if reused:
         _say("  reused the finished teacher")
     return module

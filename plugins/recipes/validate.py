@@ -22,7 +22,8 @@ import lightning as L
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.augment.factory import AUGMENTS
 from fewlabel.plugins.encoders.registry import encoder_constructor
-from fewlabel.plugins.methods import Classifier, DeepClusterV2, SelfDistillation
+from fewlabel.callbacks import EMATeacher
+from fewlabel.plugins.methods import METHODS, Classifier, SelfDistillation
 from fewlabel.plugins.registry import Registry, closest
 
 
@@ -40,15 +41,17 @@ RECIPE_TRAINER_KEYS = {
 COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "pseudo_labels", "student", "finetune")
 STAGE_SECTIONS = ("encoder", "augment", "module", "trainer")
+TEACHER_SECTIONS = ("method", "ema", *STAGE_SECTIONS)
+DEFAULT_TEACHER = "deepcluster_v2"
 FINETUNE_KEYS = ("labels_per_class", "seeds", "augment", "module", "trainer", "methods")
 METHOD_KEYS = ("encoder_from", "augment", "module", "trainer")
 ENCODER_SOURCES = ("teacher", "student", "scratch")
 # Arguments the recipe fills in itself, so a config may not set them.
 _SET_BY_RECIPE = {
-    DeepClusterV2: ("encoder", "num_samples", "augment"),
-    SelfDistillation: ("encoder", "num_classes", "num_samples", "augment"),
-    PseudoLabeler: ("teacher", "dataloader"),
-    Classifier: ("encoder", "num_classes", "augment"),
+    "teacher": ("encoder", "num_samples", "augment"),
+    "student": ("encoder", "num_classes", "num_samples", "augment"),
+    "pseudo_labels": ("teacher", "dataloader"),
+    "finetune": ("encoder", "num_classes", "augment"),
 }
 
 
@@ -223,14 +226,21 @@ def check_config(config: Any, datamodules: Registry[Any]) -> None:
                     datamodule, skip=("labels_per_class", "train_split"))
 
     check_trainer("trainer", config.get("trainer"))
-    for stage, module in (("teacher", DeepClusterV2), ("student", SelfDistillation)):
+    teacher = check_mapping("teacher", config.get("teacher"))
+    try:
+        teacher_method = METHODS.get(teacher.get("method", DEFAULT_TEACHER))
+    except ValueError as err:
+        raise RecipeError(f"teacher.method: {err}") from None
+    check_arguments("teacher.ema", teacher.get("ema"), EMATeacher)
+    for stage, module, sections in (("teacher", teacher_method, TEACHER_SECTIONS),
+                                    ("student", SelfDistillation, STAGE_SECTIONS)):
         section = check_mapping(stage, config.get(stage))
-        check_keys(stage, section, STAGE_SECTIONS)
+        check_keys(stage, section, sections)
         check_component(f"{stage}.encoder", section.get("encoder"), encoder_constructor)
         check_component(f"{stage}.augment", section.get("augment"), AUGMENTS.get, optional=True)
-        check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[module])
+        check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[stage])
         check_trainer(f"{stage}.trainer", section.get("trainer"))
-    check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler, skip=_SET_BY_RECIPE[PseudoLabeler])
+    check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler, skip=_SET_BY_RECIPE["pseudo_labels"])
 
     finetune = check_mapping("finetune", config.get("finetune"))
     check_keys("finetune", finetune, FINETUNE_KEYS)
@@ -247,5 +257,5 @@ def check_config(config: Any, datamodules: Registry[Any]) -> None:
             if source not in ENCODER_SOURCES:
                 raise RecipeError(f"{where}.encoder_from must be one of {list(ENCODER_SOURCES)}, got {source!r}")
         check_component(f"{where}.augment", spec.get("augment"), AUGMENTS.get, optional=True)
-        check_arguments(f"{where}.module", spec.get("module"), Classifier, skip=_SET_BY_RECIPE[Classifier])
+        check_arguments(f"{where}.module", spec.get("module"), Classifier, skip=_SET_BY_RECIPE["finetune"])
         check_trainer(f"{where}.trainer", spec.get("trainer"))

@@ -192,3 +192,17 @@ def test_runs_in_a_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     trainer.fit(_Linear(), datamodule=dm)
     assert trainer.global_step == 3  # 20 labeled samples, batch 8, no drop_last
     assert dm.hparams["labels_per_class"] == 2
+
+
+def test_sequential_labeled_loader_serves_each_labeled_sample_once_and_gathers() -> None:
+    from fewlabel.plugins import gather_embeddings
+
+    dm = DigitsDataModule(labels_per_class=3, labeled_samples_per_epoch=100, eval_batch_size=7)
+    dm.setup("fit")
+    loader = dm.labeled_dataloader(train=False)
+    indices = torch.cat([batch["index"] for batch in loader])
+    assert indices.tolist() == sorted(dm.labeled_indices.tolist())  # once each, in order, no tiling
+    assert len(dm.labeled_dataloader()) * dm.batch_size >= 100  # the training form still tiles
+    assert loader.dataset.num_positions == dm.num_unlabeled  # "index" refers to the whole pool
+    emb = gather_embeddings(torch.nn.Flatten(), loader)  # a view of part of the pool gathers by pool position
+    assert emb.indices.tolist() == sorted(dm.labeled_indices.tolist()) and emb.embeddings.shape == (30, 64)

@@ -140,8 +140,6 @@ def test_byol_trains_and_target_moves_only_by_ema(digits: DigitsDataModule, tmp_
     assert any(not torch.equal(start_target[k], v) for k, v in previous.items())
     for online, target in module.momentum_pairs():
         assert all(not p.requires_grad and p.grad is None for p in target.parameters())
-        for a, b in zip(online.buffers(), target.buffers()):  # BatchNorm statistics are copied
-            assert torch.equal(a, b)
 
 
 def test_missing_ema_teacher_is_named(digits: DigitsDataModule, tmp_path: Path) -> None:

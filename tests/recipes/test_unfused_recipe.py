@@ -172,3 +172,26 @@ def test_recipe_runs_in_bf16_mixed(tmp_path: Path) -> None:
     assert len(results["rows"]) == 3
     assert all(0.0 <= row["accuracy_mean"] <= 1.0 for row in results["rows"])
     assert 0.0 <= results["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [item for item in TINY if not item.startswith("teacher.module.")]
+    config = load_config("unfused", overrides=[*overrides, f"teacher.method={method}", "teacher.module.hidden_dim=32",
+                                               "finetune.labels_per_class=[1]", "finetune.seeds=[0]"])
+    assert config["teacher"]["module"] == {"hidden_dim": 32}  # DeepCluster-v2's default settings are not inherited
+    results = run_unfused(config, tmp_path, logger="none")
+    assert {row["method"] for row in results["rows"]} == {"supervised", "ssl+finetune", "unfused"}
+    assert f"teacher: {'SimCLR' if method == 'simclr' else 'BYOL'} on the unlabeled pool" in capsys.readouterr().out
+    state = torch.load(tmp_path / "teacher" / "final.ckpt", weights_only=False)["state_dict"]
+    if method == "byol":  # the EMATeacher the recipe adds moved the target network away from its start
+        import lightning as L
+
+        from fewlabel.datamodules import DigitsDataModule
+        from fewlabel.plugins.recipes.unfused import build_teacher
+
+        L.seed_everything(config["seed"], workers=True, verbose=False)  # as run_teacher does
+        start = build_teacher(config, DigitsDataModule()).state_dict()
+        name = "target_encoder.blocks.0.0.weight"
+        assert torch.equal(start[name], start["encoder.blocks.0.0.weight"])  # the same start as the recipe's
+        assert not torch.equal(state[name], start[name])
