@@ -171,18 +171,17 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
                                                  checkpoint=False), f" (accelerators on this machine: {here})")
         with torch.no_grad():
             teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
-            _checked("teacher.encoder", lambda: teacher.embed(teacher.views(batch, 1)[0]), hint)
+            _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, 1)[0]),
+                     hint)
             _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
             student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
             student.eval()
-            _checked("student.encoder", lambda: student.forward_exits(make_views(student.encoder, batch,
-                                                                                 student.augment, 1)[0]), hint)
+            _checked("student.encoder", lambda: student.forward_exits(student.views(batch, 1)[0]), hint)
             encoders = {"teacher": teacher.encoder, "student": student.encoder}
             for method, _, _, spec, _, _ in finetune_runs(config, Path()):
                 where = f"finetune.methods.{method}"
                 clf = _checked(where, lambda: build_classifier(config, dm, spec, encoders).eval())
-                _checked(f"{where} encoder", lambda: clf.head(clf.encoder.forward_embed(
-                    make_views(clf.encoder, batch, clf.augment, 1)[0])), hint)
+                _checked(f"{where} encoder", lambda: clf.head(clf.embed(clf.views(batch, 1)[0])), hint)
                 _checked(f"{where}.trainer", lambda: make_trainer(config, spec.get("trainer") or {}, logger=False,
                                                                   callbacks=[], progress=False, checkpoint=False))
         for where in ("teacher", "student"):

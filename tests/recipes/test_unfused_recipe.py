@@ -174,7 +174,7 @@ def test_recipe_runs_in_bf16_mixed(tmp_path: Path) -> None:
     assert 0.0 <= results["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "dino"])
 def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
     overrides = [item for item in TINY if not item.startswith("teacher.module.")]
     config = load_config("unfused", overrides=[*overrides, f"teacher.method={method}", "teacher.module.hidden_dim=32",
@@ -182,7 +182,8 @@ def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytes
     assert config["teacher"]["module"] == {"hidden_dim": 32}  # DeepCluster-v2's default settings are not inherited
     results = run_unfused(config, tmp_path, logger="none")
     assert {row["method"] for row in results["rows"]} == {"supervised", "ssl+finetune", "unfused"}
-    assert f"teacher: {'SimCLR' if method == 'simclr' else 'BYOL'} on the unlabeled pool" in capsys.readouterr().out
+    name = {"simclr": "SimCLR", "byol": "BYOL", "dino": "DINO"}[method]
+    assert f"teacher: {name} on the unlabeled pool" in capsys.readouterr().out
     state = torch.load(tmp_path / "teacher" / "final.ckpt", weights_only=False)["state_dict"]
     if method == "byol":  # the EMATeacher the recipe adds moved the target network away from its start
         import lightning as L
