@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewlabel.plugins.clustering import cluster_embeddings, clustering_metrics
+from fewlabel.plugins.clustering import cluster_embeddings
+from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import gather_embeddings
 from fewlabel.plugins.recipes.build import make_datamodule
 from fewlabel.plugins.recipes.config import load_config, merge

@@ -24,7 +24,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import current_rss_bytes, gaussian_mixture, mib, peak_rss_bytes  # noqa: E402
 
-from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, cluster_embeddings, clustering_metrics  # noqa: E402
+from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, cluster_embeddings  # noqa: E402
+from fewlabel.plugins.evaluation import clustering_metrics  # noqa: E402
 
 
 def raw_faiss(x: np.ndarray, k: int, dim: int, train_rows: int) -> np.ndarray:

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from fewlabel.callbacks.ema_teacher import EMATeacher
-from fewlabel.callbacks.eval import KNNEvaluator, LinearProbeEvaluator
+from fewlabel.callbacks.eval import (
+    EmbeddingEvaluator,
+    EmbeddingProjector,
+    KNNEvaluator,
+    LinearProbeEvaluator,
+    SeparabilityMonitor,
+)
 from fewlabel.callbacks.finite_loss import FiniteLossGuard
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
 from fewlabel.callbacks.rng_state import RNGStateKeeper
 
-__all__ = ["EMATeacher", "FiniteLossGuard", "KNNEvaluator", "LinearProbeEvaluator", "PseudoLabeler", "RNGStateKeeper"]
+__all__ = [
+    "EMATeacher",
+    "EmbeddingEvaluator",
+    "EmbeddingProjector",
+    "FiniteLossGuard",
+    "KNNEvaluator",
+    "LinearProbeEvaluator",
+    "PseudoLabeler",
+    "RNGStateKeeper",
+    "SeparabilityMonitor",
+]

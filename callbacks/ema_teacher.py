@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from fewlabel.plugins.arguments import is_count
 from fewlabel.plugins.optim.ema import ema_update, momentum_schedule
 
 __all__ = ["EMATeacher"]
@@ -44,8 +45,7 @@ class EMATeacher(L.Callback):
         for name, value in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
+        if total_steps is not None and not is_count(total_steps, 1):
             raise ValueError(f"total_steps must be an integer >= 1 or None (the trainer's estimate), got {total_steps!r}")
         self.base_momentum = float(base_momentum)
         self.final_momentum = float(final_momentum)

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from fewlabel.plugins.arguments import is_count
+
 __all__ = ["FiniteLossGuard"]
 
 
@@ -31,7 +33,7 @@ class FiniteLossGuard(L.Callback):
 
     def __init__(self, every_n_steps: int = 1) -> None:
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+        if not is_count(every_n_steps, 1):
             raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
         self.every_n_steps = every_n_steps
 

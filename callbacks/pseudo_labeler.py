@@ -11,13 +11,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from fewlabel.plugins.clustering import (
-    KMEANS_MAX_TRAIN_ROWS,
-    check_max_train_rows,
-    cluster_embeddings,
-    clustering_metrics,
-)
-from fewlabel.plugins.distributed import shard_dataloader
+from fewlabel.plugins.arguments import check_int, is_count
+from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, cluster_embeddings
+from fewlabel.plugins.distributed import on_rank_zero_then_broadcast, shard_dataloader
+from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
 
 __all__ = ["PseudoLabeler"]
@@ -85,12 +82,15 @@ class PseudoLabeler(L.Callback):
         label_key: str = "target",
     ) -> None:
         super().__init__()
-        _check_int("num_clusters", num_clusters, 1, "None (use trainer.datamodule.num_classes)")
-        _check_int("pca_dim", pca_dim, 1, "None (no PCA)")
-        _check_int("niter", niter, 1)
-        _check_int("nredo", nredo, 1)
+        owner = "PseudoLabeler"
+        check_int("num_clusters", num_clusters, 1, "None (use trainer.datamodule.num_classes)", owner=owner)
+        check_int("pca_dim", pca_dim, 1, "None (no PCA)", owner=owner)
+        check_int("niter", niter, 1, owner=owner)
+        check_int("nredo", nredo, 1, owner=owner)
         check_max_train_rows(max_train_rows)
-        _check_int("recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)")
+        check_int(
+            "recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)", owner=owner
+        )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if not isinstance(whiten, bool):
@@ -174,20 +174,9 @@ class PseudoLabeler(L.Callback):
             raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
         dataset = getattr(loader, "dataset", None)
         size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
-        payload: tuple[np.ndarray, dict[str, float]] | Exception | None = None
-        if trainer.is_global_zero:
-            try:
-                payload = self._cluster(emb, k, size)
-            except Exception as err:  # in a multi-rank run, hand the error to the waiting ranks
-                if trainer.world_size == 1:
-                    raise
-                payload = err
-        if trainer.world_size > 1:
-            payload = trainer.strategy.broadcast(payload, src=0)
-        if isinstance(payload, Exception):
-            raise RuntimeError(f"PseudoLabeler: clustering failed on rank 0: {payload}") from payload
-        assert payload is not None
-        table, metrics = payload
+        table, metrics = on_rank_zero_then_broadcast(
+            trainer.strategy, lambda: self._cluster(emb, k, size), what="PseudoLabeler: clustering"
+        )
         pl_module.set_pseudo_labels(torch.from_numpy(np.asarray(table, dtype=np.int64)))
         self.metrics = dict(metrics)
         self.last_clustered_epoch = trainer.current_epoch
@@ -216,7 +205,7 @@ class PseudoLabeler(L.Callback):
         if self.num_clusters is not None:
             return self.num_clusters
         k = getattr(trainer.datamodule, "num_classes", None)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_count(k, 1):
             raise ValueError(
                 "PseudoLabeler(num_clusters=None) takes k from trainer.datamodule.num_classes, but the trainer has "
                 f"{'no datamodule' if trainer.datamodule is None else f'num_classes={k!r}'}; pass num_clusters=<int>"
@@ -243,11 +232,3 @@ class PseudoLabeler(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_clustered_epoch = state_dict.get("last_clustered_epoch")
         self.metrics = dict(state_dict.get("metrics", {}))
-
-
-def _check_int(name: str, value: Any, minimum: int, none_means: str | None = None) -> None:
-    if value is None and none_means is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        choices = f"an int >= {minimum}" + (f" or {none_means}" if none_means else "")
-        raise ValueError(f"PseudoLabeler: {name} must be {choices}, got {value!r}")

@@ -6,9 +6,16 @@ The recipe layer (``fewlabel.plugins.recipes``) sits above this package and is n
 from __future__ import annotations
 
 from fewlabel.plugins.augment import BatchImageAugment, ByolaAugment, create_augment
-from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, clustering_metrics, kmeans, pca_whiten
+from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, kmeans, pca_whiten
 from fewlabel.plugins.encoders import AudioNTT, Encoder, LogMelFrontend, SmallCNN, TimmEncoder, create_encoder, list_encoders, register_encoder
-from fewlabel.plugins.evaluation import fit_linear_probe, knn_accuracy, knn_predict, linear_probe_accuracy
+from fewlabel.plugins.evaluation import (
+    clustering_metrics,
+    fit_linear_probe,
+    knn_accuracy,
+    knn_predict,
+    linear_probe_accuracy,
+    separability_score,
+)
 from fewlabel.plugins.gather import Embeddings, gather_embeddings, merge_embeddings
 from fewlabel.plugins.losses import (
     BarlowTwinsLoss,
@@ -81,4 +88,5 @@ __all__ = [
     "merge_embeddings",
     "pca_whiten",
     "register_encoder",
+    "separability_score",
 ]

@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+_T = TypeVar("_T")
+
 
 def is_distributed() -> bool:
     """``True`` inside an initialised ``torch.distributed`` process group."""
     return dist.is_available() and dist.is_initialized()
+
+
+class _Failed:
+    """What rank 0 broadcasts instead of a result when the function raised."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def on_rank_zero_then_broadcast(strategy: Any, fn: Callable[[], _T], *, what: str) -> _T:
+    """Run ``fn()`` on global rank 0 only and hand its result to every rank.
+
+    With ``world_size > 1`` the result goes through ``strategy.broadcast`` (Lightning's, which pickles
+    it), so every rank returns the same object and must call this function (it is a collective). If
+    ``fn`` raises on rank 0, the error is broadcast instead, so no rank waits forever, and every rank
+    raises. In a single process ``fn``'s error propagates unchanged.
+
+    Args:
+        strategy: a Lightning strategy (``trainer.strategy``): ``is_global_zero``, ``broadcast`` and,
+            for multi-process runs, ``world_size``.
+        fn: the work to do once, e.g. k-means on gathered embeddings.
+        what: names the work in the error (``"PseudoLabeler: clustering"``).
+
+    Returns:
+        ``fn()``'s result, on every rank.
+
+    Raises:
+        RuntimeError: ``"<what> failed on rank 0: <error>"`` on every rank of a multi-process run,
+            chained to rank 0's error.
+    """
+    world_size = getattr(strategy, "world_size", 1)
+    payload: _T | _Failed | None = None
+    if strategy.is_global_zero:
+        try:
+            payload = fn()
+        except Exception as err:  # in a multi-rank run, hand the error to the waiting ranks
+            if world_size == 1:
+                raise
+            payload = _Failed(err)
+    if world_size > 1:
+        payload = strategy.broadcast(payload, src=0)
+    if isinstance(payload, _Failed):
+        raise RuntimeError(f"{what} failed on rank 0: {payload.error}") from payload.error
+    return payload  # type: ignore[return-value]
 
 
 def shard_dataloader(loader: Any, world_size: int, rank: int) -> Any:

@@ -20,6 +20,8 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 
+from fewlabel.plugins.arrays import chunk_rows
+
 __all__ = ["Embeddings", "gather_embeddings", "merge_embeddings"]
 
 # Row blocks (compaction, finiteness check, all-gather) hold about this many bytes.
@@ -68,8 +70,9 @@ def _allocate(rows: int, dim: int, dtype: np.dtype, max_ram_bytes: int | None, t
         return np.memmap(f, dtype=dtype, mode="w+", shape=(rows, dim))  # the mapping outlives the handle
 
 
-def _chunk_rows(dim: int) -> int:
-    return max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
+def _block_rows(dim: int) -> int:
+    """Rows per block of the copies and all-gathers: about ``_CHUNK_BYTES`` of float32, at least one row."""
+    return chunk_rows(dim, chunk_bytes=_CHUNK_BYTES, min_rows=1)
 
 
 def merge_embeddings(
@@ -133,7 +136,7 @@ class _MergePlan:
         """Copy the rows ``start : start + len(block)`` of ``part`` that are kept into ``out``."""
         rows = self._rows[part]
         lo, hi = np.searchsorted(rows, [start, start + block.shape[0]])
-        step = _chunk_rows(out.shape[1])
+        step = _block_rows(out.shape[1])
         for a in range(lo, hi, step):
             b = min(a + step, hi)
             out[self._dest[part][a:b]] = block[rows[a:b] - start]
@@ -236,7 +239,7 @@ class _Buffer:
 
 
 def _count_nonfinite_rows(emb: np.ndarray) -> int:
-    step, bad = _chunk_rows(emb.shape[1]), 0
+    step, bad = _block_rows(emb.shape[1]), 0
     for a in range(0, emb.shape[0], step):
         bad += int(np.count_nonzero(~np.isfinite(emb[a : a + step]).all(axis=1)))
     return bad
@@ -292,7 +295,7 @@ def _compact(emb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     n = indices.shape[0]
     if n == emb.shape[0]:
         return emb  # every row seen: the buffer is the result
-    step = _chunk_rows(emb.shape[1])
+    step = _block_rows(emb.shape[1])
     for a in range(0, n, step):
         b = min(a + step, n)
         emb[a:b] = emb[indices[a:b]]
@@ -311,7 +314,7 @@ def _grow(
     if emb is not None:
         if emb.shape[1] != dim:
             raise ValueError(f"the embedding dimension changed between batches: {emb.shape[1]} -> {dim}")
-        step = _chunk_rows(dim)
+        step = _block_rows(dim)
         for a in range(0, emb.shape[0], step):
             b = min(a + step, emb.shape[0])
             new_emb[a:b] = emb[a:b]
@@ -337,7 +340,7 @@ def _all_gather(local: Embeddings, strategy: Any, buffer: _Buffer) -> Embeddings
     plan = _MergePlan(list(all_indices), list(all_labels))
     dim = local.embeddings.shape[1]
     out = buffer.allocate(len(plan.indices), dim)
-    step = _chunk_rows(dim)
+    step = _block_rows(dim)
     for a in range(0, width, step):  # every rank runs the same number of collectives
         b = min(a + step, width)
         block = np.zeros((b - a, dim), dtype=local.embeddings.dtype)

@@ -13,6 +13,7 @@ PACKAGES = [
     "fewlabel.datamodules",
     "fewlabel.plugins",
     "fewlabel.plugins.augment",
+    "fewlabel.plugins.clustering",
     "fewlabel.plugins.encoders",
     "fewlabel.plugins.evaluation",
     "fewlabel.plugins.heads",

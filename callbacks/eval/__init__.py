@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from fewlabel.callbacks.eval.base import EmbeddingEvaluator
 from fewlabel.callbacks.eval.knn import KNNEvaluator
 from fewlabel.callbacks.eval.linear_probe import LinearProbeEvaluator
+from fewlabel.callbacks.eval.projector import EmbeddingProjector
+from fewlabel.callbacks.eval.separability import SeparabilityMonitor
 
-__all__ = ["KNNEvaluator", "LinearProbeEvaluator"]
+__all__ = ["EmbeddingEvaluator", "EmbeddingProjector", "KNNEvaluator", "LinearProbeEvaluator", "SeparabilityMonitor"]

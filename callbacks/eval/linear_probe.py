@@ -13,7 +13,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fewlabel.callbacks.eval.knn import _EmbeddingEvaluator, _Loader, _LoaderArg
+from fewlabel.callbacks.eval.base import EmbeddingEvaluator, _Loader, _LoaderArg
 from fewlabel.plugins.optim.optimizers import OPTIMIZERS, check_optimizer
 
 __all__ = ["LinearProbeEvaluator"]
@@ -22,7 +22,7 @@ __all__ = ["LinearProbeEvaluator"]
 _EVAL_ROWS = 4096
 
 
-class LinearProbeEvaluator(_EmbeddingEvaluator):
+class LinearProbeEvaluator(EmbeddingEvaluator):
     """An online linear probe: ``nn.Linear(embed_dim, num_classes)`` trained on the encoder's
     detached embeddings of the labeled samples while the module trains; its validation accuracy is
     logged as ``eval/linear_probe_acc``.

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabel.plugins.augment.sampling import uniform
 from fewlabel.plugins.encoders.base import check_input
 
 
@@ -23,10 +24,6 @@ def _check_range(name: str, value: tuple[float, float], low: float) -> tuple[flo
     if not low <= lo <= hi:
         raise ValueError(f"{name} must be a (min, max) pair with {low} <= min <= max, got {value}")
     return lo, hi
-
-
-def _uniform(lo: float, hi: float, n: int, device: torch.device) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, device=device)
 
 
 class MixupBYOLA(nn.Module):
@@ -162,7 +159,7 @@ class RandomResizeCrop(nn.Module):
     @staticmethod
     def _axis(size: int, canvas: int, scale: tuple[float, float], n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Per-sample scale and shift of one axis, in ``align_corners=True`` normalised coordinates."""
-        length = (_uniform(*scale, n, device) * size).floor().clamp(1, canvas)
+        length = (uniform(n, *scale, device) * size).floor().clamp(1, canvas)
         start = (torch.rand(n, device=device) * (canvas - length + 1)).floor()  # crop start in the canvas
         start = start - (canvas - size) // 2  # ... in input pixels
         denom = size - 1

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabel.plugins.augment.sampling import uniform
+
 #: ITU-R BT.601 luma weights (R, G, B), the ones of ``PIL.Image.convert("L")`` and torchvision.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -123,9 +125,6 @@ class BatchImageAugment(nn.Module):
         self.saturation, self.hue = float(saturation), float(hue)
         self.jitter_prob, self.grayscale = float(jitter_prob), float(grayscale)
 
-    def _uniform(self, n: int, lo: float, hi: float, device: torch.device) -> Tensor:
-        return torch.rand(n, device=device) * (hi - lo) + lo
-
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"BatchImageAugment expects (B, C, H, W) images, got shape {tuple(x.shape)}")
@@ -133,9 +132,9 @@ class BatchImageAugment(nn.Module):
         x = x.float()
         n, device = x.shape[0], x.device
         rgb = x.shape[1] == 3
-        zoom = self._uniform(n, *self.scale, device)
-        angle = self._uniform(n, -self.rotation, self.rotation, device) * (math.pi / 180.0)
-        shift = self._uniform(2 * n, -self.translate, self.translate, device).view(n, 2) * 2.0
+        zoom = uniform(n, *self.scale, device)
+        angle = uniform(n, -self.rotation, self.rotation, device) * (math.pi / 180.0)
+        shift = uniform(2 * n, -self.translate, self.translate, device).view(n, 2) * 2.0
         flip = torch.where(torch.rand(n, device=device) < self.hflip, -1.0, 1.0)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack(
@@ -146,20 +145,20 @@ class BatchImageAugment(nn.Module):
         # Per-sample gate of the colour jitter; drawn only when it can be off (keeps the default stream).
         jitter = torch.rand(n, device=device) < self.jitter_prob if self.jitter_prob < 1.0 else None
         if self.contrast > 0:
-            factor = self._uniform(n, 1 - self.contrast, 1 + self.contrast, device)
+            factor = uniform(n, 1 - self.contrast, 1 + self.contrast, device)
             factor = factor if jitter is None else torch.where(jitter, factor, 1.0)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * factor.view(n, 1, 1, 1) + mean
         if self.brightness > 0:
-            offset = self._uniform(n, -self.brightness, self.brightness, device)
+            offset = uniform(n, -self.brightness, self.brightness, device)
             offset = offset if jitter is None else torch.where(jitter, offset, 0.0)
             x = x + offset.view(n, 1, 1, 1)
         if rgb and self.saturation > 0:
-            factor = self._uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, device)
+            factor = uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, device)
             factor = factor if jitter is None else torch.where(jitter, factor, 1.0)
             x = adjust_saturation(x, factor)
         if rgb and self.hue > 0:
-            turn = self._uniform(n, -self.hue, self.hue, device)
+            turn = uniform(n, -self.hue, self.hue, device)
             turn = turn if jitter is None else torch.where(jitter, turn, 0.0)
             x = adjust_hue(x, turn)
         if rgb and self.grayscale > 0:

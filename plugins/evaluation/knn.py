@@ -16,7 +16,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from fewlabel.plugins.clustering import _as_matrix, _chunk_rows, _is_count, _read, faiss_threads
+from fewlabel.plugins.arguments import is_count as _is_count
+from fewlabel.plugins.arrays import as_matrix as _as_matrix, chunk_rows as _chunk_rows, read_rows as _read
+from fewlabel.plugins.clustering.faiss_kmeans import faiss_threads
 
 __all__ = ["check_knn_args", "knn_accuracy", "knn_predict"]
 

@@ -18,7 +18,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fewlabel.plugins.clustering import _as_matrix, _is_count
+from fewlabel.plugins.arguments import is_count as _is_count
+from fewlabel.plugins.arrays import as_matrix as _as_matrix
 from fewlabel.plugins.evaluation.knn import _as_labels
 
 __all__ = ["fit_linear_probe", "linear_probe_accuracy"]

@@ -7,6 +7,7 @@ NeurIPS 2020, arXiv 2006.09882 (DeepCluster-v2 is introduced there).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, kmeans
+from fewlabel.plugins.distributed import on_rank_zero_then_broadcast
 from fewlabel.plugins.losses.deepcluster import deepcluster_v2_loss
 from fewlabel.plugins.heads.projection import projection_mlp
 from fewlabel.plugins.methods.base import Method
@@ -169,7 +171,8 @@ class DeepClusterV2(Method):
         Unwritten rows are left out and get assignment ``-1``.
 
         Raises:
-            RuntimeError: fewer rows were written than a head has prototypes.
+            RuntimeError: fewer rows were written than a head has prototypes, or (multi-process) k-means
+                failed on rank 0.
         """
         written = self.memory_written.nonzero().squeeze(1)  # identical on every rank: the bank is all-gathered
         if written.numel() < max(self.num_prototypes):
@@ -181,14 +184,17 @@ class DeepClusterV2(Method):
         self.assignments.fill_(-1)
         for h, k in enumerate(self.num_prototypes):
             bank = self.memory[h % self.hparams.num_views, written]
-            centroids = torch.zeros(k, bank.shape[1])
-            if self.trainer.is_global_zero:
-                _, c = kmeans(bank.float().cpu().numpy(), k, niter=self.hparams.kmeans_iters, spherical=True,
-                              max_train_rows=self.hparams.max_train_rows,
-                              seed=self.hparams.seed + 1000 * self.current_epoch + h)
-                centroids = torch.from_numpy(c)
-            centroids = self.trainer.strategy.broadcast(centroids, src=0).to(bank.device)
+            centroids = on_rank_zero_then_broadcast(
+                self.trainer.strategy, partial(self._kmeans_centroids, bank, k, h), what="DeepClusterV2: k-means"
+            ).to(bank.device)
             getattr(self, f"prototypes_{h}").copy_(F.normalize(centroids, dim=1))
             self.assignments[h, written] = self.prototype_scores(bank, h).argmax(dim=1)
         sizes = torch.bincount(self.assignments[0, written], minlength=self.num_prototypes[0])
         self.log("train/empty_clusters", float((sizes == 0).sum()), on_epoch=True, on_step=False)
+
+    def _kmeans_centroids(self, bank: Tensor, k: int, head: int) -> Tensor:
+        """faiss spherical k-means of one head's bank rows: the ``(k, feat_dim)`` float32 CPU centroids."""
+        _, centroids = kmeans(bank.float().cpu().numpy(), k, niter=self.hparams.kmeans_iters, spherical=True,
+                              max_train_rows=self.hparams.max_train_rows,
+                              seed=self.hparams.seed + 1000 * self.current_epoch + head)
+        return torch.from_numpy(centroids)

@@ -4,7 +4,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,6 @@ _spec = importlib.util.spec_from_file_location("ddp_eval_job", JOB)
 job = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(job)  # type: ignore[union-attr]
 K, DIM, Rows, blobs = job.K, job.DIM, job.Rows, job.blobs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tensors are tiny, and on a busy machine a second thread's
-    synchronisation costs ten times the compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class BlobDataModule(L.LightningDataModule):

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 import fewlabel.callbacks
 import fewlabel.callbacks.pseudo_labeler as pseudo_labeler_module
 from fewlabel.callbacks import PseudoLabeler
-from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, clustering_metrics
+from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS
+from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
 
 K, PER, DIM = 5, 20, 8

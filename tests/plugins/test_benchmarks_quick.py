@@ -19,6 +19,10 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
                                   "inertia_ratio_fewlabel_over_sklearn:"]),
         ("scaling.py", ["us_per_row", "20,000"]),
         ("dcv2_init_memory.py", ["mean_train: accuracy", "mean_eval: accuracy"]),
+        ("ssl_zoo_digits.py", ["train_s", "knn_acc", "probe_acc", "simclr", "byol", "raw_pixels", "random_init",
+                               "chance:"]),
+        ("loop_overhead.py", ["fit_steps_per_s", "steady_steps_per_s", "throughput_ratio_fit:",
+                              "throughput_ratio_steady:", "max_param_diff:"]),
     ],
 )
 def test_benchmark_runs_quick(script: str, figures: list[str]) -> None:

@@ -8,17 +8,17 @@ import faiss
 import numpy as np
 import pytest
 
-import fewlabel.plugins.clustering as clustering_module
+import fewlabel.plugins.clustering.faiss_kmeans as kmeans_module
 
 from fewlabel.plugins.clustering import (
     KMEANS_MAX_TRAIN_ROWS,
     ClusterResult,
     cluster_embeddings,
-    clustering_metrics,
     degenerate_clusters,
     kmeans,
     pca_whiten,
 )
+from fewlabel.plugins.evaluation import clustering_metrics
 
 
 def blobs(n_per: int = 60, k: int = 5, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +169,7 @@ def test_kmeans_trains_on_every_row_by_default(monkeypatch: pytest.MonkeyPatch, 
     """Up to KMEANS_MAX_TRAIN_ROWS rows faiss trains on all of them (the old default sampled k * 256 rows)."""
     assert KMEANS_MAX_TRAIN_ROWS >= 250_000
     x = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
-    monkeypatch.setattr(clustering_module.faiss, "Kmeans", _TrainSpy)
+    monkeypatch.setattr(kmeans_module.faiss, "Kmeans", _TrainSpy)
     _TrainSpy.calls.clear()
     kmeans(x, 2)
     cluster_embeddings(x, 2, pca_dim=4)
@@ -297,11 +297,11 @@ def test_gpu_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         labels, _ = kmeans(x, 3, use_gpu=None)  # auto = CPU here
         np.testing.assert_array_equal(labels, kmeans(x, 3, use_gpu=False)[0])
     # the decision itself, with faiss.Kmeans replaced by a spy
-    monkeypatch.setattr(clustering_module.faiss, "Kmeans", _KmeansSpy)
+    monkeypatch.setattr(kmeans_module.faiss, "Kmeans", _KmeansSpy)
     _KmeansSpy.gpu_args.clear()
     for gpus, use_gpu, big in [(0, None, True), (0, False, True), (1, None, False), (1, None, True),
                                (1, False, True), (1, True, False)]:
-        monkeypatch.setattr(clustering_module.faiss, "get_num_gpus", lambda gpus=gpus: gpus)
+        monkeypatch.setattr(kmeans_module.faiss, "get_num_gpus", lambda gpus=gpus: gpus)
         data = np.zeros((30_000, 128), np.float32) if big else x  # big: rows x k x dims >= 50M
         with pytest.raises(_Stop):
             kmeans(data, 20, use_gpu=use_gpu)

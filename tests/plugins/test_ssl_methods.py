@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ SMALL_CNN = {"name": "small_cnn", "width": 4}
 HEADS: dict[str, dict[str, Any]] = {"simclr": {"out_dim": 16}, "barlow_twins": {"proj_dim": 32},
                                     "vicreg": {"proj_dim": 32}, "rotnet": {}}
 CLASSES = {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "rotnet": RotNet}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tensors are tiny, and on a busy machine a second thread's
-    synchronisation costs ten times the compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,188 @@
+"""Every SSL method of the zoo on the digits, under one budget: kNN and linear-probe accuracy with 5 labels/class.
+
+Each method trains on the unlabeled pool of :class:`~fewlabel.datamodules.DigitsDataModule` (seed 0)
+with the same encoder (``small_cnn``, width 16, 64-d embedding), the same number of epochs, batch 64,
+and the same view augmentation ``BatchImageAugment(scale=(0.8, 1.2), rotation=15, translate=0.12,
+noise=0.05)`` where the method takes one: RotNet applies it before making its four rotations, DINO
+applies it to each of its multi-crop views (its default two global + two local crops). Every method
+keeps its own default optimiser settings (see each class) unless ``--lr METHOD=VALUE`` overrides
+them; BYOL and DINO get ``EMATeacher()`` (momentum 0.996 -> 1 on a cosine). Two reference rows need
+no training: ``raw_pixels`` (the flattened 8x8 input) and ``random_init`` (an untrained small_cnn,
+eval mode).
+
+Evaluation of ``module.encoder`` (what downstream stages use; for BYOL and DINO the online student)
+and, in a ``NAME:teacher`` row, of the momentum teacher's encoder of BYOL and DINO (DINO's paper
+evaluates the teacher), in eval mode, without augmentation: the bank is the 5-labels-per-class
+draw (``dm.draw_labels(5, 0)``, 50 samples) and the queries are the TEST split (540 samples); kNN is
+:func:`~fewlabel.plugins.knn_accuracy` with ``k=10``, ``T=0.07``, the linear probe is
+:func:`~fewlabel.plugins.linear_probe_accuracy` (standardised features, L-BFGS logistic regression,
+``C=1``) fitted on the same 50 samples. Chance is 0.10. ``train_s`` is the wall time of
+``trainer.fit`` (DeepCluster-v2's includes its memory-bank pass and the k-means every epoch).
+
+To choose an lr without looking at the test split, pass ``--queries val`` (the validation split,
+126 samples, carved off before the pool).
+
+Torch runs on one thread (``torch.set_num_threads(1)``): the machine these figures come from has 2
+shared cores, and one thread keeps the per-method times comparable with each other.
+
+    python benchmarks/ssl_zoo_digits.py                          # 7 methods + 2 references, 30 epochs
+    python benchmarks/ssl_zoo_digits.py --methods simclr byol --epochs 50
+    python benchmarks/ssl_zoo_digits.py --methods vicreg --lr vicreg=0.01 --queries val
+    python benchmarks/ssl_zoo_digits.py --quick                  # 1 epoch, 2 methods, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from fewlabel.callbacks import EMATeacher
+from fewlabel.datamodules import DigitsDataModule
+from fewlabel.plugins.augment.image import BatchImageAugment
+from fewlabel.plugins.encoders.base import build_encoder
+from fewlabel.plugins.evaluation.knn import knn_accuracy
+from fewlabel.plugins.evaluation.linear_probe import linear_probe_accuracy
+from fewlabel.plugins.gather import gather_embeddings
+from fewlabel.plugins.methods import METHODS
+
+SSL_METHODS = ["deepcluster_v2", "simclr", "byol", "dino", "barlow_twins", "vicreg", "rotnet"]
+REFERENCES = ["raw_pixels", "random_init"]
+QUICK_METHODS = ["simclr", "byol"]
+ENCODER = {"name": "small_cnn", "width": 16}
+BATCH_SIZE = 64
+LABELS_PER_CLASS = 5
+KNN_K = 10
+
+
+def augmentation() -> nn.Module:
+    """The one view augmentation every method that takes one gets."""
+    return BatchImageAugment(scale=(0.8, 1.2), rotation=15.0, translate=0.12, noise=0.05)
+
+
+def build_method(name: str, dm: DigitsDataModule, lr: float | None) -> L.LightningModule:
+    """``METHODS.create(name)`` with the shared encoder and augmentation (and the pool size where needed)."""
+    kwargs: dict[str, Any] = {"encoder": ENCODER, "augment": augmentation()}
+    if "num_samples" in inspect.signature(METHODS.get(name)).parameters:
+        kwargs["num_samples"] = dm.num_unlabeled
+    if lr is not None:
+        kwargs["lr"] = lr
+    return METHODS.create(name, **kwargs)
+
+
+def train(module: L.LightningModule, dm: DigitsDataModule, epochs: int) -> float:
+    """Fit ``module`` on the unlabeled pool; returns the wall time of ``trainer.fit``."""
+    callbacks = [EMATeacher()] if callable(getattr(module, "momentum_pairs", None)) else []
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                        log_every_n_steps=1)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=dm.unlabeled_dataloader(train=True))
+    return time.perf_counter() - start
+
+
+def evaluate(encoder: nn.Module, dm: DigitsDataModule, queries: str) -> tuple[float, float]:
+    """``(knn, linear_probe)`` accuracy: bank = the labeled draw, queries = the test (or validation) split."""
+    bank = gather_embeddings(encoder, dm.labeled_dataloader(train=False))
+    loader = dm.test_dataloader() if queries == "test" else dm.val_dataloader()
+    query = gather_embeddings(encoder, loader)
+    knn = knn_accuracy(bank.embeddings, bank.labels, query.embeddings, query.labels, k=KNN_K,
+                       num_classes=dm.num_classes)
+    probe = linear_probe_accuracy(bank.embeddings, bank.labels, query.embeddings, query.labels)
+    return knn, probe
+
+
+def run(name: str, dm: DigitsDataModule, epochs: int, lr: float | None, queries: str, seed: int
+        ) -> list[dict[str, Any]]:
+    """Train (unless a reference row) and evaluate one method; a failure is reported, not raised.
+
+    Returns one row for ``module.encoder`` and, for a method with ``momentum_pairs()`` (BYOL, DINO),
+    a ``NAME:teacher`` row for the momentum teacher's encoder (the one DINO's paper evaluates).
+    """
+    L.seed_everything(seed, verbose=False)
+    row: dict[str, Any] = {"method": name, "epochs": 0, "lr": "-", "train_s": 0.0}
+    encoders: dict[str, nn.Module] = {}
+    try:
+        if name == "raw_pixels":
+            encoders[name] = nn.Flatten()
+        elif name == "random_init":
+            encoders[name] = build_encoder(ENCODER)
+        else:
+            module = build_method(name, dm, lr)
+            row["lr"] = f"{module.optimizer_settings['name']} {module.optimizer_settings['lr']:g}"
+            row["epochs"] = epochs
+            row["train_s"] = train(module, dm, epochs)
+            encoders[name] = module.encoder
+            if callable(getattr(module, "momentum_pairs", None)):
+                encoders[f"{name}:teacher"] = module.momentum_pairs()[0][1]
+        rows = []
+        for label, encoder in encoders.items():
+            knn, probe = evaluate(encoder, dm, queries)
+            rows.append({**row, "method": label, "knn": knn, "probe": probe})
+        return rows
+    except Exception as err:  # noqa: BLE001 - one method failing must not hide the others' figures
+        return [{**row, "error": f"{type(err).__name__}: {err}"}]
+
+
+def parse_lr(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in SSL_METHODS or not value:
+            raise SystemExit(f"--lr takes METHOD=VALUE with METHOD in {SSL_METHODS}, got {pair!r}")
+        out[name] = float(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", choices=SSL_METHODS + REFERENCES, default=None,
+                        help="default: every SSL method and both references")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every method (default 30)")
+    parser.add_argument("--lr", nargs="+", default=[], metavar="METHOD=VALUE", help="override a method's lr")
+    parser.add_argument("--queries", choices=["test", "val"], default="test",
+                        help="query split of the evaluation; tune on val, report on test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help=f"1 epoch, {' + '.join(QUICK_METHODS)} and the references")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    lrs = parse_lr(args.lr)
+    methods = args.methods or ((QUICK_METHODS + REFERENCES) if args.quick else (SSL_METHODS + REFERENCES))
+    epochs = args.epochs or (1 if args.quick else 30)
+
+    dm = DigitsDataModule(batch_size=BATCH_SIZE, seed=args.seed)
+    dm.setup("fit")
+    dm.draw_labels(LABELS_PER_CLASS, args.seed)
+    queries = len(dm.test_dataloader().dataset) if args.queries == "test" else len(dm.val_dataloader().dataset)
+    print(f"ssl_zoo_digits: pool {dm.num_unlabeled} (seed {args.seed}), encoder {ENCODER}, batch {BATCH_SIZE}, "
+          f"{epochs} epochs, bank {LABELS_PER_CLASS} labels/class ({len(dm.labeled_indices)}), "
+          f"queries {args.queries} split ({queries}), kNN k={KNN_K}, torch threads {torch.get_num_threads()}")
+    print(f"{'method':<16}{'optimizer lr':>14}{'epochs':>8}{'train_s':>9}{'knn_acc':>9}{'probe_acc':>11}")
+    failed = []
+    for name in methods:
+        for row in run(name, dm, epochs, lrs.get(name), args.queries, args.seed):
+            if "error" in row:
+                print(f"{row['method']:<16}{row['lr']:>14}{row['epochs']:>8}  FAILED {row['error']}", flush=True)
+                failed.append(name)
+                continue
+            print(f"{row['method']:<16}{row['lr']:>14}{row['epochs']:>8}{row['train_s']:>9.1f}{row['knn']:>9.4f}"
+                  f"{row['probe']:>11.4f}", flush=True)
+    print(f"chance: {1 / dm.num_classes:.4f}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

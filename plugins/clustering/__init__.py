@@ -1,0 +1,24 @@
+"""Clustering: PCA-whitening (``pca``), faiss k-means (``faiss_kmeans``), the pseudo-label pipeline (``pipeline``).
+
+:func:`clustering_metrics` lives in :mod:`fewlabel.plugins.evaluation.clustering` and is re-exported
+here for existing imports.
+"""
+
+from __future__ import annotations
+
+from fewlabel.plugins.clustering.faiss_kmeans import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, faiss_threads, kmeans
+from fewlabel.plugins.clustering.pca import pca_whiten
+from fewlabel.plugins.clustering.pipeline import ClusterResult, cluster_embeddings, degenerate_clusters
+from fewlabel.plugins.evaluation.clustering import clustering_metrics
+
+__all__ = [
+    "ClusterResult",
+    "KMEANS_MAX_TRAIN_ROWS",
+    "check_max_train_rows",
+    "cluster_embeddings",
+    "clustering_metrics",
+    "degenerate_clusters",
+    "faiss_threads",
+    "kmeans",
+    "pca_whiten",
+]
