@@ -2,15 +2,17 @@
 
 Both arms run the same computation on the digits unlabeled pool (``DigitsDataModule``, batch 64,
 shuffled, last partial batch dropped: 17 steps per epoch, the loader restarting each epoch):
-:class:`~fewlabel.plugins.methods.SimCLR` with ``small_cnn`` width 16 and the view augmentation of
-``ssl_zoo_digits.py``, its default SGD (lr 0.05, momentum 0.9, weight decay 1e-6) and its warm-up +
-cosine schedule stepped every optimizer step, for ``--steps`` steps.
+:class:`~fewlabel.plugins.methods.SimCLR` with ``small_cnn`` width 16 (``--width``), the view
+augmentation of ``ssl_zoo_digits.py``, its default SGD (lr 0.05, momentum 0.9, weight decay 1e-6)
+and its warm-up + cosine schedule stepped every optimizer step, for ``--steps`` steps.
 
 * lightning: ``trainer.fit(module, loader)`` with ``max_steps``, no logger, no checkpointing, no
   progress bar, no model summary (the module's ``training_step`` logs ``train/loss`` as it always does);
 * torch: the pieces of ``SimCLR.training_step`` called by hand (``views`` -> ``embed`` of both views
   as one batch -> ``projector`` -> ``NTXentLoss``), then ``zero_grad`` / ``backward`` / ``step`` of
-  the same optimizer and a ``LambdaLR`` on the same schedule.
+  the same optimizer and a ``LambdaLR`` on the same schedule;
+* lightning_nolog: the lightning arm with a subclass whose ``self.log`` does nothing, to show how
+  much of the difference is Lightning's per-call logging machinery (``log_cost_ms_per_step``).
 
 Each arm starts from the same seed before building the module and again before its first batch, so
 both draw the same initial weights, batches and augmentations; ``max_param_diff`` (the largest
@@ -20,12 +22,13 @@ Figures: ``fit`` is the wall time of the whole call (``trainer.fit`` incl. its s
 building the optimizer); ``steady`` is the time from the start of step ``--warm`` to the end, i.e.
 per-step cost without the fixed start-up. Each is the best of ``--repeats`` runs per arm, the arms
 interleaved so that a busy moment on the machine does not favour one side; one untimed warm-up run
-of each arm comes first. The ratio is lightning / torch throughput (target >= 0.95).
+of the lightning and torch arms comes first. The ratios are lightning / torch throughput (target >= 0.95).
 
 Torch runs on one thread (``torch.set_num_threads(1)``): the machine these figures come from has 2
 shared cores.
 
     python benchmarks/loop_overhead.py                 # 200 steps, best of 3
+    python benchmarks/loop_overhead.py --width 64      # 16x the convolution work per step
     python benchmarks/loop_overhead.py --quick         # a few steps, seconds
 """
 
@@ -46,14 +49,21 @@ from fewlabel.plugins.methods import SimCLR
 from fewlabel.plugins.optim.optimizers import OPTIMIZERS
 from fewlabel.plugins.optim.schedules import cosine_schedule
 
-ENCODER = {"name": "small_cnn", "width": 16}
+WIDTH = 16
 BATCH_SIZE = 64
 
 
-def make_module(seed: int) -> SimCLR:
+class _SimCLRWithoutLog(SimCLR):
+    """SimCLR whose ``self.log`` does nothing: isolates the cost of Lightning's logging machinery."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def make_module(seed: int, width: int, log: bool = True) -> SimCLR:
     torch.manual_seed(seed)
     augment = BatchImageAugment(scale=(0.8, 1.2), rotation=15.0, translate=0.12, noise=0.05)
-    return SimCLR(ENCODER, augment=augment)
+    return (SimCLR if log else _SimCLRWithoutLog)({"name": "small_cnn", "width": width}, augment=augment)
 
 
 class _StartClock(L.Callback):
@@ -68,9 +78,10 @@ class _StartClock(L.Callback):
             self.start = time.perf_counter()
 
 
-def run_lightning(loader: Any, steps: int, warm: int, seed: int) -> tuple[float, float, SimCLR, float]:
+def run_lightning(loader: Any, steps: int, warm: int, seed: int, width: int, log: bool = True
+                  ) -> tuple[float, float, SimCLR, float]:
     """``(fit seconds, steady seconds, trained module, last loss)`` of ``trainer.fit``."""
-    module = make_module(seed)
+    module = make_module(seed, width, log)
     clock = _StartClock(warm)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
@@ -78,12 +89,13 @@ def run_lightning(loader: Any, steps: int, warm: int, seed: int) -> tuple[float,
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
     end = time.perf_counter()
-    return end - start, end - clock.start, module, float(trainer.callback_metrics["train/loss"])
+    loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
+    return end - start, end - clock.start, module, float(loss)
 
 
-def run_torch(loader: Any, steps: int, warm: int, seed: int) -> tuple[float, float, SimCLR, float]:
+def run_torch(loader: Any, steps: int, warm: int, seed: int, width: int) -> tuple[float, float, SimCLR, float]:
     """``(loop seconds, steady seconds, trained module, last loss)`` of the hand-written loop."""
-    module = make_module(seed)
+    module = make_module(seed, width)
     settings = module.optimizer_settings
     torch.manual_seed(seed + 1)
     start = time.perf_counter()
@@ -123,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warm", type=int, default=20, help="steps before the steady-state clock starts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=WIDTH, help="small_cnn width (more compute per step)")
     parser.add_argument("--quick", action="store_true", help="10 steps, one repeat")
     args = parser.parse_args()
     if args.quick:
@@ -138,31 +151,37 @@ def main() -> None:
     dm = DigitsDataModule(batch_size=BATCH_SIZE)
     dm.setup("fit")
     loader = dm.unlabeled_dataloader(train=True)
-    print(f"loop_overhead: SimCLR, encoder {ENCODER}, digits pool {dm.num_unlabeled}, batch {BATCH_SIZE} "
+    print(f"loop_overhead: SimCLR, small_cnn width {args.width}, digits pool {dm.num_unlabeled}, batch {BATCH_SIZE} "
           f"({len(loader)} steps/epoch), {args.steps} steps, best of {args.repeats} interleaved, "
           f"steady from step {args.warm}, torch threads {torch.get_num_threads()}")
 
     warm_steps = min(args.steps, 10)
-    run_lightning(loader, warm_steps, 0, args.seed)  # untimed: imports, allocator, oneDNN kernels
-    run_torch(loader, warm_steps, 0, args.seed)
-    arms = {"lightning": run_lightning, "torch": run_torch}
+    run_lightning(loader, warm_steps, 0, args.seed, args.width)  # untimed: imports, allocator, oneDNN kernels
+    run_torch(loader, warm_steps, 0, args.seed, args.width)
+    arms = {"lightning": run_lightning, "torch": run_torch,
+            "lightning_nolog": lambda *a: run_lightning(*a, log=False)}
     best = {name: [float("inf"), float("inf")] for name in arms}
     trained: dict[str, tuple[SimCLR, float]] = {}
     for _ in range(args.repeats):
         for name, fn in arms.items():
-            fit_s, steady_s, module, loss = fn(loader, args.steps, args.warm, args.seed)
+            fit_s, steady_s, module, loss = fn(loader, args.steps, args.warm, args.seed, args.width)
             best[name] = [min(best[name][0], fit_s), min(best[name][1], steady_s)]
             trained[name] = (module, loss)
 
     steady_steps = args.steps - args.warm
-    print(f"{'arm':<11}{'fit_s':>9}{'fit_steps_per_s':>17}{'steady_s':>10}{'steady_steps_per_s':>20}{'last_loss':>11}")
+    print(f"{'arm':<16}{'fit_s':>9}{'fit_steps_per_s':>17}{'steady_s':>10}{'steady_steps_per_s':>20}{'last_loss':>11}")
     for name, (fit_s, steady_s) in best.items():
-        print(f"{name:<11}{fit_s:>9.3f}{args.steps / fit_s:>17.1f}{steady_s:>10.3f}{steady_steps / steady_s:>20.1f}"
+        print(f"{name:<16}{fit_s:>9.3f}{args.steps / fit_s:>17.1f}{steady_s:>10.3f}{steady_steps / steady_s:>20.1f}"
               f"{trained[name][1]:>11.4f}")
-    (l_fit, l_steady), (t_fit, t_steady) = best["lightning"], best["torch"]
+    (l_fit, l_steady), (t_fit, t_steady), (n_fit, n_steady) = best["lightning"], best["torch"], best["lightning_nolog"]
     print(f"throughput_ratio_fit: {t_fit / l_fit:.3f}  (lightning / torch steps per second; target >= 0.95)")
     print(f"throughput_ratio_steady: {t_steady / l_steady:.3f}")
-    print(f"max_param_diff: {max_param_diff(trained['lightning'][0], trained['torch'][0]):.2e}")
+    print(f"throughput_ratio_nolog_fit: {t_fit / n_fit:.3f}  (lightning without self.log / torch)")
+    print(f"throughput_ratio_nolog_steady: {t_steady / n_steady:.3f}")
+    log_ms = 1000 * (l_steady - n_steady) / steady_steps
+    print(f"log_cost_ms_per_step: {log_ms:.2f}  (steady, lightning - lightning_nolog)")
+    print(f"max_param_diff: {max_param_diff(trained['lightning'][0], trained['torch'][0]):.2e}  (lightning vs torch; "
+          f"nolog vs torch {max_param_diff(trained['lightning_nolog'][0], trained['torch'][0]):.2e})")
 
 
 if __name__ == "__main__":
