@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers.logger import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import fewlabel.callbacks
 from fewlabel.callbacks import KNNEvaluator, LinearProbeEvaluator, RNGStateKeeper
 from fewlabel.datamodules import DigitsDataModule
+from trainer_helpers import RecordingLogger, make_trainer
+
 from fewlabel.plugins import SmallCNN, gather_embeddings, knn_accuracy
 
 JOB = Path(__file__).resolve().parents[1] / "distributed" / "ddp_eval_job.py"
@@ -73,33 +74,6 @@ class UserModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-class RecordingLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logged: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.logged.append((step, dict(metrics)))
-
-
-def make_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
-    kwargs.setdefault("logger", False)
-    kwargs.setdefault("enable_checkpointing", False)
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=callbacks, **kwargs)
 
 
 def direct_knn(encoder: nn.Module, dm: BlobDataModule, k: int) -> float:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.loggers.logger import Logger
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 import fewlabel.callbacks
 from fewlabel.callbacks import EmbeddingEvaluator, EmbeddingProjector, RNGStateKeeper, SeparabilityMonitor
 from fewlabel.callbacks.eval.projector import label_colours, project_2d, render_scatter, to_pixels
+from trainer_helpers import RecordingLogger, make_trainer
+
 from fewlabel.plugins import gather_embeddings, separability_score
 from fewlabel.plugins.methods import PseudoLabelMixin
 
@@ -88,33 +89,6 @@ class PseudoLabelModule(PseudoLabelMixin, TargetModule):
     def __init__(self) -> None:
         super().__init__()
         self.init_pseudo_labels(0)
-
-
-class RecordingLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logged: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.logged.append((step, dict(metrics)))
-
-
-def make_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
-    kwargs.setdefault("logger", False)
-    kwargs.setdefault("enable_checkpointing", False)
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=callbacks, **kwargs)
 
 
 def pool_score(model: TargetModule, dm: PoolDataModule, k: int) -> float:
