@@ -16,8 +16,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from fewlabel.plugins.arguments import is_count as _is_count
-from fewlabel.plugins.arrays import as_matrix as _as_matrix, chunk_rows as _chunk_rows, read_rows as _read
+from fewlabel.plugins.arguments import is_count
+from fewlabel.plugins.arrays import as_matrix, chunk_rows, read_rows
 from fewlabel.plugins.clustering.faiss_kmeans import faiss_threads
 
 __all__ = ["check_knn_args", "knn_accuracy", "knn_predict"]
@@ -57,7 +57,7 @@ def check_knn_args(k: Any, temperature: Any) -> None:
     Raises:
         ValueError: naming the argument, the valid values and the value given.
     """
-    if not _is_count(k, 1):
+    if not is_count(k, 1):
         raise ValueError(f"k must be an integer >= 1 (neighbours per query), got {k!r}")
     _check_temperature(temperature)
 
@@ -111,8 +111,8 @@ def knn_predict(
     """
     check_knn_args(k, temperature)
     temperature = float(temperature)
-    train = _as_matrix(train_emb, "train_emb", chunk_size)
-    query = _as_matrix(query_emb, "query_emb", chunk_size)
+    train = as_matrix(train_emb, "train_emb", chunk_size)
+    query = as_matrix(query_emb, "query_emb", chunk_size)
     n, d = train.shape
     if query.shape[1] != d:
         raise ValueError(f"query_emb has {query.shape[1]} dimensions but train_emb has {d}")
@@ -122,23 +122,23 @@ def knn_predict(
     top = int(labels.max()) + 1
     if num_classes is None:
         num_classes = top
-    elif not _is_count(num_classes, top):
+    elif not is_count(num_classes, top):
         raise ValueError(
             f"num_classes must be an integer >= {top} (the largest bank label + 1) or None, got {num_classes!r}"
         )
     c = int(num_classes)
     m = query.shape[0]
-    rows = _chunk_rows(max(d, 2 * c, 2 * int(k)), chunk_size)  # the float64 votes are (rows, C)
+    rows = chunk_rows(max(d, 2 * c, 2 * int(k)), chunk_size)  # the float64 votes are (rows, C)
     pred = np.empty(m, dtype=np.int64)
     scores = np.empty((m, c), dtype=np.float32)
     index = faiss.IndexFlatIP(d)
     with faiss_threads(n * m * d):
         for a in range(0, n, rows):
-            block = _read(train, a, a + rows, None, fresh=True)
+            block = read_rows(train, a, a + rows, None, fresh=True)
             faiss.normalize_L2(block)
             index.add(block)
         for a in range(0, m, rows):
-            block = _read(query, a, a + rows, None, fresh=True)
+            block = read_rows(query, a, a + rows, None, fresh=True)
             faiss.normalize_L2(block)
             sim, nbr = index.search(block, int(k))  # (b, k), most similar first
             # exp((s - s_max) / T) is exp(s / T) up to a per-query factor that the normalisation removes

@@ -18,8 +18,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fewlabel.plugins.arguments import is_count as _is_count
-from fewlabel.plugins.arrays import as_matrix as _as_matrix
+from fewlabel.plugins.arguments import is_count
+from fewlabel.plugins.arrays import as_matrix
 from fewlabel.plugins.evaluation.knn import _as_labels
 
 __all__ = ["fit_linear_probe", "linear_probe_accuracy"]
@@ -59,13 +59,13 @@ def fit_linear_probe(
     """
     if isinstance(C, bool) or not isinstance(C, (int, float, np.floating)) or not (math.isfinite(C) and C > 0):
         raise ValueError(f"C must be a finite float > 0 (inverse regularisation strength), got {C!r}")
-    if not _is_count(max_iter, 1):
+    if not is_count(max_iter, 1):
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(standardize, bool):
         raise ValueError(f"standardize must be True or False, got {standardize!r}")
-    if not _is_count(seed, 0):
+    if not is_count(seed, 0):
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    x = _as_matrix(train_emb, "train_emb")
+    x = as_matrix(train_emb, "train_emb")
     y = _as_labels(train_labels, "train_labels", x.shape[0])
     classes = np.unique(y)
     if classes.size < 2:
@@ -107,7 +107,7 @@ def linear_probe_accuracy(
         >>> linear_probe_accuracy(x, np.array([0, 0, 1, 1]), x + 0.05, np.array([0, 0, 1, 1]))
         1.0
     """
-    x_test = _as_matrix(test_emb, "test_emb")
+    x_test = as_matrix(test_emb, "test_emb")
     y_test = _as_labels(test_labels, "test_labels", x_test.shape[0])
     d = np.shape(train_emb)[-1] if np.ndim(train_emb) == 2 else None
     if d is not None and x_test.shape[1] != d:
