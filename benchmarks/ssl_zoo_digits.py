@@ -30,6 +30,7 @@ shared cores, and one thread keeps the per-method times comparable with each oth
     python benchmarks/ssl_zoo_digits.py                          # 7 methods + 2 references, 30 epochs
     python benchmarks/ssl_zoo_digits.py --methods simclr byol --epochs 50
     python benchmarks/ssl_zoo_digits.py --methods vicreg --lr vicreg=0.01 --queries val
+    python benchmarks/ssl_zoo_digits.py --methods dino --set dino.out_dim=256 ema.base_momentum=0.99 --queries val
     python benchmarks/ssl_zoo_digits.py --quick                  # 1 epoch, 2 methods, seconds
 """
 
@@ -44,10 +45,12 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from torch import nn
 
 from fewlabel.callbacks import EMATeacher
-from fewlabel.datamodules import DigitsDataModule
+from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLabelDataModule
+from fewlabel.plugins.augment.byola import ByolaAugment
 from fewlabel.plugins.augment.image import BatchImageAugment
 from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.evaluation.knn import knn_accuracy
@@ -59,6 +62,13 @@ SSL_METHODS = ["deepcluster_v2", "simclr", "byol", "dino", "barlow_twins", "vicr
 REFERENCES = ["raw_pixels", "random_init"]
 QUICK_METHODS = ["simclr", "byol"]
 ENCODER = {"name": "small_cnn", "width": 16}
+#: Spoken digits (``--data spoken --root DIR``, folders made by ``examples/make_spoken_digits.py``): the
+#: methods that take audio (RotNet's rotations of a spectrogram are not a meaningful task; BYOL-A is
+#: the audio method), the student-sized AudioNTT of ``examples/unfused_audio.yaml`` and the BYOL-A
+#: views of its teacher. ``raw_logmel`` is the untrained front end's log-mel, mean- and max-pooled over time.
+AUDIO_METHODS = ["deepcluster_v2", "simclr", "byol", "byola", "dino", "barlow_twins", "vicreg"]
+AUDIO_REFERENCES = ["raw_logmel", "random_init"]
+AUDIO_ENCODER = {"name": "audio_ntt", "n_mels": 64, "channels": 32, "embed_dim": 512}
 BATCH_SIZE = 64
 LABELS_PER_CLASS = 5
 KNN_K = 10
@@ -69,26 +79,51 @@ KNN_K = 10
 #: SGD (no LARS) takes steps that size. lr 1.5e-3: 0.794 / 0.889; 5e-4: 0.730 / 0.873; 1.5e-4: 0.825 /
 #: 0.921; 5e-5: 0.825 / 0.921. ``--lr barlow_twins=0.05`` restores the default.
 LR_OVERRIDES = {"barlow_twins": 1.5e-4}
+#: Per-method constructor arguments other than the lr (``--set``), chosen on the validation split.
+SETTING_OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
-def augmentation() -> nn.Module:
+def augmentation(data: str = "digits") -> nn.Module:
     """The one view augmentation every method that takes one gets."""
+    if data == "spoken":
+        return ByolaAugment(ratio=0.4, memory_size=2048, virtual_crop_scale=(1.0, 1.5), freq_scale=(0.6, 1.5),
+                            time_scale=(0.6, 1.5))
     return BatchImageAugment(scale=(0.8, 1.2), rotation=15.0, translate=0.12, noise=0.05)
 
 
-def build_method(name: str, dm: DigitsDataModule, lr: float | None) -> L.LightningModule:
-    """``METHODS.create(name)`` with the shared encoder and augmentation (and the pool size where needed)."""
-    kwargs: dict[str, Any] = {"encoder": ENCODER, "augment": augmentation()}
+class _PooledLogMel(nn.Module):
+    """An untrained encoder's log-mel front end, mean and max over time: the audio analogue of raw pixels."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.frontend = encoder.frontend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.frontend(x).flatten(1, -2)  # (B, mels, T)
+        return torch.cat([z.mean(-1), z.amax(-1)], dim=1)
+
+
+def build_method(name: str, dm: FewLabelDataModule, lr: float | None, settings: dict[str, Any] | None = None,
+                 data: str = "digits") -> L.LightningModule:
+    """``METHODS.create(name)`` with the shared encoder and augmentation (and the pool size where needed).
+
+    ``settings`` are extra constructor arguments (``--set``), applied last.
+    """
+    encoder = AUDIO_ENCODER if data == "spoken" else ENCODER
+    kwargs: dict[str, Any] = {"encoder": encoder, "augment": augmentation(data)}
     if "num_samples" in inspect.signature(METHODS.get(name)).parameters:
         kwargs["num_samples"] = dm.num_unlabeled
     if lr is not None:
         kwargs["lr"] = lr
-    return METHODS.create(name, **kwargs)
+    return METHODS.create(name, **{**kwargs, **(settings or {})})
 
 
-def train(module: L.LightningModule, dm: DigitsDataModule, epochs: int) -> float:
-    """Fit ``module`` on the unlabeled pool; returns the wall time of ``trainer.fit``."""
-    callbacks = [EMATeacher()] if callable(getattr(module, "momentum_pairs", None)) else []
+def train(module: L.LightningModule, dm: FewLabelDataModule, epochs: int, ema: dict[str, Any] | None = None) -> float:
+    """Fit ``module`` on the unlabeled pool; returns the wall time of ``trainer.fit``.
+
+    ``ema`` are ``EMATeacher`` arguments for a method with ``momentum_pairs()`` (default: its defaults).
+    """
+    callbacks = [EMATeacher(**(ema or {}))] if callable(getattr(module, "momentum_pairs", None)) else []
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                         log_every_n_steps=1)
@@ -97,7 +132,7 @@ def train(module: L.LightningModule, dm: DigitsDataModule, epochs: int) -> float
     return time.perf_counter() - start
 
 
-def evaluate(encoder: nn.Module, dm: DigitsDataModule, queries: str) -> tuple[float, float]:
+def evaluate(encoder: nn.Module, dm: FewLabelDataModule, queries: str) -> tuple[float, float]:
     """``(knn, linear_probe)`` accuracy: bank = the labeled draw, queries = the test (or validation) split."""
     bank = gather_embeddings(encoder, dm.labeled_dataloader(train=False))
     loader = dm.test_dataloader() if queries == "test" else dm.val_dataloader()
@@ -108,7 +143,8 @@ def evaluate(encoder: nn.Module, dm: DigitsDataModule, queries: str) -> tuple[fl
     return knn, probe
 
 
-def run(name: str, dm: DigitsDataModule, epochs: int, lr: float | None, queries: str, seed: int
+def run(name: str, dm: FewLabelDataModule, epochs: int, lr: float | None, queries: str, seed: int,
+        settings: dict[str, Any] | None = None, ema: dict[str, Any] | None = None, data: str = "digits"
         ) -> list[dict[str, Any]]:
     """Train (unless a reference row) and evaluate one method; a failure is reported, not raised.
 
@@ -121,13 +157,15 @@ def run(name: str, dm: DigitsDataModule, epochs: int, lr: float | None, queries:
     try:
         if name == "raw_pixels":
             encoders[name] = nn.Flatten()
+        elif name == "raw_logmel":
+            encoders[name] = _PooledLogMel(build_encoder(AUDIO_ENCODER))
         elif name == "random_init":
-            encoders[name] = build_encoder(ENCODER)
+            encoders[name] = build_encoder(AUDIO_ENCODER if data == "spoken" else ENCODER)
         else:
-            module = build_method(name, dm, lr)
+            module = build_method(name, dm, lr, settings, data)
             row["lr"] = f"{module.optimizer_settings['name']} {module.optimizer_settings['lr']:g}"
             row["epochs"] = epochs
-            row["train_s"] = train(module, dm, epochs)
+            row["train_s"] = train(module, dm, epochs, ema)
             encoders[name] = module.encoder
             if callable(getattr(module, "momentum_pairs", None)):
                 encoders[f"{name}:teacher"] = module.momentum_pairs()[0][1]
@@ -138,6 +176,18 @@ def run(name: str, dm: DigitsDataModule, epochs: int, lr: float | None, queries:
         return rows
     except Exception as err:  # noqa: BLE001 - one method failing must not hide the others' figures
         return [{**row, "error": f"{type(err).__name__}: {err}"}]
+
+
+def parse_settings(pairs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set METHOD.KEY=VALUE`` -> ``{METHOD: {KEY: VALUE}}`` (values parsed as YAML: ``0.99``, ``[0.4, 1]``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        target, _, value = pair.partition("=")
+        name, _, key = target.partition(".")
+        if name not in methods or not key or not value:
+            raise SystemExit(f"--set takes METHOD.KEY=VALUE with METHOD in {methods}, got {pair!r}")
+        out.setdefault(name, {})[key] = yaml.safe_load(value)
+    return out
 
 
 def parse_lr(pairs: list[str]) -> dict[str, float]:
@@ -152,10 +202,16 @@ def parse_lr(pairs: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", choices=SSL_METHODS + REFERENCES, default=None,
-                        help="default: every SSL method and both references")
+    parser.add_argument("--data", choices=["digits", "spoken"], default="digits",
+                        help="digits: scikit-learn's 8x8 digits; spoken: an audio folder (--root) of spoken digits")
+    parser.add_argument("--root", default=None, help="folder of examples/make_spoken_digits.py (--data spoken)")
+    parser.add_argument("--methods", nargs="+", choices=sorted(set(SSL_METHODS + AUDIO_METHODS + REFERENCES
+                                                                   + AUDIO_REFERENCES)), default=None,
+                        help="default: every SSL method of the data and both references")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of every method (default 30)")
     parser.add_argument("--lr", nargs="+", default=[], metavar="METHOD=VALUE", help="override a method's lr")
+    parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                        help="extra constructor argument of a method; METHOD may be 'ema' for EMATeacher's arguments")
     parser.add_argument("--queries", choices=["test", "val"], default="test",
                         help="query split of the evaluation; tune on val, report on test")
     parser.add_argument("--seed", type=int, default=0)
@@ -167,20 +223,32 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     lrs = {**LR_OVERRIDES, **parse_lr(args.lr)}
-    methods = args.methods or ((QUICK_METHODS + REFERENCES) if args.quick else (SSL_METHODS + REFERENCES))
+    settings = {**{m: dict(v) for m, v in SETTING_OVERRIDES.items()}}
+    spoken = args.data == "spoken"
+    all_methods, references = (AUDIO_METHODS, AUDIO_REFERENCES) if spoken else (SSL_METHODS, REFERENCES)
+    for name, values in parse_settings(args.set, all_methods + ["ema"]).items():
+        settings.setdefault(name, {}).update(values)
+    ema = settings.pop("ema", None)
+    methods = args.methods or ((QUICK_METHODS + references) if args.quick else (all_methods + references))
     epochs = args.epochs or (1 if args.quick else 30)
 
-    dm = DigitsDataModule(batch_size=BATCH_SIZE, seed=args.seed)
+    if spoken:
+        if args.root is None:
+            raise SystemExit("--data spoken needs --root DIR (python examples/make_spoken_digits.py --root DIR)")
+        dm: FewLabelDataModule = AudioFolderDataModule(args.root, batch_size=BATCH_SIZE, seed=args.seed)
+    else:
+        dm = DigitsDataModule(batch_size=BATCH_SIZE, seed=args.seed)
     dm.setup("fit")
     dm.draw_labels(LABELS_PER_CLASS, args.seed)
     queries = len(dm.test_dataloader().dataset) if args.queries == "test" else len(dm.val_dataloader().dataset)
-    print(f"ssl_zoo_digits: pool {dm.num_unlabeled} (seed {args.seed}), encoder {ENCODER}, batch {BATCH_SIZE}, "
+    encoder = AUDIO_ENCODER if spoken else ENCODER
+    print(f"ssl_zoo_digits ({args.data}): pool {dm.num_unlabeled} (seed {args.seed}), encoder {encoder}, batch {BATCH_SIZE}, "
           f"{epochs} epochs, bank {LABELS_PER_CLASS} labels/class ({len(dm.labeled_indices)}), "
           f"queries {args.queries} split ({queries}), kNN k={KNN_K}, torch threads {torch.get_num_threads()}")
     print(f"{'method':<16}{'optimizer lr':>14}{'epochs':>8}{'train_s':>9}{'knn_acc':>9}{'probe_acc':>11}")
     failed = []
     for name in methods:
-        for row in run(name, dm, epochs, lrs.get(name), args.queries, args.seed):
+        for row in run(name, dm, epochs, lrs.get(name), args.queries, args.seed, settings.get(name), ema, args.data):
             if "error" in row:
                 print(f"{row['method']:<16}{row['lr']:>14}{row['epochs']:>8}  FAILED {row['error']}", flush=True)
                 failed.append(name)

@@ -56,7 +56,7 @@ class PseudoLabeler(L.Callback):
         nredo: k-means restarts (best objective kept); 1 as in UnFuSeD.
         max_train_rows: k-means trains on every row up to this many (a seeded sample beyond); ``None`` =
             every row, as UnFuSeD does. The default trains on every row of pools up to 262,144 samples.
-        seed: k-means seed.
+        seed: k-means seed (>= 0).
         recluster_every_n_epochs: ``None`` = cluster once; ``n`` = also at epochs ``n, 2n, ...``.
         label_key: batch key of the true labels, used only for the logged metrics (``-1`` = unknown).
 
@@ -91,8 +91,7 @@ class PseudoLabeler(L.Callback):
         check_int(
             "recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)", owner=owner
         )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed, 0, owner=owner)
         if not isinstance(whiten, bool):
             raise ValueError(f"whiten must be True or False, got {whiten!r}")
         if teacher is not None and not isinstance(teacher, nn.Module):

@@ -11,6 +11,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
+from fewlabel.datamodules.budget import _check_int
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
 __all__ = ["AudioFileDataset", "AudioFolderDataModule", "crop_or_pad"]
@@ -147,8 +148,7 @@ class AudioFolderDataModule(FolderDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(root, test_fraction=test_fraction, cache=cache, **kwargs)
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        _check_int("sample_rate", sample_rate, 1)
         if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) or clip_seconds <= 0:
             raise ValueError(f"clip_seconds must be a positive number, got {clip_seconds!r}")
         self.sample_rate = sample_rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -78,16 +79,14 @@ class FewLabelDataModule(L.LightningDataModule):
         labeled_samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
-        if labels_per_class is not None:
-            _check_int("labels_per_class", labels_per_class, 1)
+        _check_int("labels_per_class", labels_per_class, 1, "None (label the whole pool)")
         _check_int("seed", seed, 0)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be a float in [0, 1), got {val_fraction!r}")
         _check_int("batch_size", batch_size, 1)
         _check_int("eval_batch_size", eval_batch_size, 1)
         _check_int("num_workers", num_workers, 0)
-        if labeled_samples_per_epoch is not None:
-            _check_int("labeled_samples_per_epoch", labeled_samples_per_epoch, 1)
+        _check_int("labeled_samples_per_epoch", labeled_samples_per_epoch, 1, "None (each labeled sample once)")
         self.save_hyperparameters()
         self.labels_per_class = labels_per_class
         self.seed = seed
@@ -150,24 +149,73 @@ class FewLabelDataModule(L.LightningDataModule):
         self.draw_labels(self.labels_per_class, self.seed)
 
     def draw_labels(self, labels_per_class: int | None, seed: int) -> None:
-        """Draw a new labeled set from the already loaded pool (no data is reloaded).
+        """Replace this datamodule's labeled set by a new draw from the already loaded pool.
+
+        This changes the datamodule in place (``labels_per_class``, ``seed`` and the labeled
+        loaders); ``hparams`` keeps the constructor's values. To train on another draw while
+        other code holds this datamodule, take a view with :meth:`with_labels` instead.
 
         Args:
             labels_per_class: Labeled samples per class; ``None`` labels the whole pool.
             seed: Seed of the draw.
 
         Raises:
+            RuntimeError: If ``setup()`` has not been called.
             ValueError: ``labels_per_class`` is below 1 or larger than a class of the pool
-                (the message names the class).
+                (the message names the class), or ``seed`` is not an int >= 0.
         """
+        labeled = self._draw(labels_per_class, seed)
+        self.labels_per_class, self.seed = labels_per_class, seed
+        self._labeled_indices = labeled
+
+    def with_labels(self, labels_per_class: int | None, seed: int) -> FewLabelDataModule:
+        """A view of this datamodule with another label draw; this datamodule is left as it is.
+
+        The view is an object of the same class that shares everything already loaded (the pool,
+        validation and test datasets, the class names; no data is reloaded or copied) and owns
+        its labeled draw, its ``labels_per_class`` and ``seed``, and its ``hparams`` (which show
+        them). Its labeled draw equals ``draw_labels(labels_per_class, seed)`` on this datamodule.
+        The view is not attached to a trainer.
+
+        Args:
+            labels_per_class: Labeled samples per class; ``None`` labels the whole pool.
+            seed: Seed of the draw.
+
+        Returns:
+            The view, ready to serve loaders (no ``setup()`` needed).
+
+        Raises:
+            RuntimeError: If ``setup()`` has not been called.
+            ValueError: ``labels_per_class`` is below 1 or larger than a class of the pool
+                (the message names the class), or ``seed`` is not an int >= 0.
+
+        Example:
+            >>> from fewlabel.datamodules import DigitsDataModule
+            >>> dm = DigitsDataModule(labels_per_class=5)
+            >>> dm.setup("fit")
+            >>> view = dm.with_labels(1, seed=3)
+            >>> len(view.labeled_indices), view.hparams["labels_per_class"], len(dm.labeled_indices)
+            (10, 1, 50)
+        """
+        labeled = self._draw(labels_per_class, seed)
+        view = copy.copy(self)
+        view.trainer = None
+        for name in ("_hparams", "_hparams_initial"):
+            if name in vars(self):
+                hparams = copy.copy(vars(self)[name])
+                hparams["labels_per_class"], hparams["seed"] = labels_per_class, seed
+                setattr(view, name, hparams)
+        view.labels_per_class, view.seed = labels_per_class, seed
+        view._labeled_indices = labeled
+        return view
+
+    def _draw(self, labels_per_class: int | None, seed: int) -> np.ndarray:
+        """Sorted pool positions of the labeled draw ``(labels_per_class, seed)``."""
         pool = self._ready()
         _check_int("seed", seed, 0)
         if labels_per_class is None:
-            labeled = np.flatnonzero(pool.targets >= 0).astype(np.int64)
-        else:
-            labeled = label_budget_split(pool.targets, labels_per_class, seed, self._class_names)
-        self.labels_per_class, self.seed = labels_per_class, seed
-        self._labeled_indices = labeled
+            return np.flatnonzero(pool.targets >= 0).astype(np.int64)
+        return label_budget_split(pool.targets, labels_per_class, seed, self._class_names)
 
     def check_label_budget(self, labels_per_class: Sequence[int]) -> None:
         """Check that every class of the pool can supply each of several label budgets.

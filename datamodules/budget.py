@@ -10,9 +10,21 @@ from sklearn.model_selection import train_test_split
 __all__ = ["label_budget_split", "stratified_split"]
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value: object, minimum: int, none_means: str | None = None) -> None:
+    """Raise unless ``value`` is an integer (Python or numpy, not a bool) ``>= minimum``, or ``None`` when
+    ``none_means`` says what that selects.
+
+    The datamodules' one integer check. It has the test and the message of the plugins' ``check_int``
+    (``plugins/arguments.py``), which datamodules may not import.
+
+    Raises:
+        ValueError: ``"<name> must be an int >= <minimum>[ or <none_means>], got <value>"``.
+    """
+    if value is None and none_means is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not value >= minimum:
+        choices = f"an int >= {minimum}" + (f" or {none_means}" if none_means else "")
+        raise ValueError(f"{name} must be {choices}, got {value!r}")
 
 
 def _check_targets(targets: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageFile
 from torch import Tensor
 
+from fewlabel.datamodules.budget import _check_int
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule"]
@@ -122,8 +123,7 @@ class ImageFolderDataModule(FolderDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(root, test_fraction=test_fraction, cache=cache, **kwargs)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        _check_int("image_size", image_size, 1)
         if channels not in PIL_MODES:
             raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels!r}")
         self.image_size = image_size

@@ -5,9 +5,31 @@ The recipe layer (``fewlabel.plugins.recipes``) sits above this package and is n
 
 from __future__ import annotations
 
-from fewlabel.plugins.augment import BatchImageAugment, ByolaAugment, create_augment
+from fewlabel.plugins.augment import (
+    AUGMENTS,
+    BatchImageAugment,
+    ByolaAugment,
+    SpecAugment,
+    TorchvisionAugment,
+    ViewPipeline,
+    ViewPipelines,
+    WaveformAugment,
+    byol_views,
+    create_augment,
+    list_augments,
+)
 from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, kmeans, pca_whiten
-from fewlabel.plugins.encoders import AudioNTT, Encoder, LogMelFrontend, SmallCNN, TimmEncoder, create_encoder, list_encoders, register_encoder
+from fewlabel.plugins.encoders import (
+    ENCODERS,
+    AudioNTT,
+    Encoder,
+    LogMelFrontend,
+    SmallCNN,
+    TimmEncoder,
+    create_encoder,
+    list_encoders,
+    register_encoder,
+)
 from fewlabel.plugins.evaluation import (
     clustering_metrics,
     fit_linear_probe,
@@ -26,7 +48,9 @@ from fewlabel.plugins.losses import (
     VICRegLoss,
     deepcluster_v2_loss,
 )
+from fewlabel.plugins.heads import HEADS, create_head, list_heads, register_head
 from fewlabel.plugins.methods import (
+    METHODS,
     BYOL,
     BYOLA,
     DINO,
@@ -39,11 +63,15 @@ from fewlabel.plugins.methods import (
     SelfDistillation,
     SimCLR,
     VICReg,
+    create_method,
+    list_methods,
+    register_method,
 )
-from fewlabel.plugins.optim import cosine_schedule
+from fewlabel.plugins.optim import OPTIMIZERS, cosine_schedule, create_optimizer, list_optimizers, register_optimizer
 from fewlabel.plugins.registry import Registry
 
 __all__ = [
+    "AUGMENTS",
     "AudioNTT",
     "BYOL",
     "BYOLA",
@@ -56,27 +84,40 @@ __all__ = [
     "DINO",
     "DINOLoss",
     "DeepClusterV2",
+    "ENCODERS",
     "Embeddings",
     "Encoder",
+    "HEADS",
     "LogMelFrontend",
+    "METHODS",
     "Method",
     "MultiExitDistillationLoss",
     "NTXentLoss",
     "NegativeCosineSimilarity",
+    "OPTIMIZERS",
     "PseudoLabelMixin",
     "Registry",
     "RotNet",
     "SelfDistillation",
     "SimCLR",
     "SmallCNN",
+    "SpecAugment",
     "TimmEncoder",
+    "TorchvisionAugment",
     "VICReg",
     "VICRegLoss",
+    "ViewPipeline",
+    "ViewPipelines",
+    "WaveformAugment",
+    "byol_views",
     "cluster_embeddings",
     "clustering_metrics",
     "cosine_schedule",
     "create_augment",
     "create_encoder",
+    "create_head",
+    "create_method",
+    "create_optimizer",
     "deepcluster_v2_loss",
     "fit_linear_probe",
     "gather_embeddings",
@@ -84,9 +125,16 @@ __all__ = [
     "knn_accuracy",
     "knn_predict",
     "linear_probe_accuracy",
+    "list_augments",
     "list_encoders",
+    "list_heads",
+    "list_methods",
+    "list_optimizers",
     "merge_embeddings",
     "pca_whiten",
     "register_encoder",
+    "register_head",
+    "register_method",
+    "register_optimizer",
     "separability_score",
 ]

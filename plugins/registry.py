@@ -1,13 +1,16 @@
 """One name -> constructor registry type, so that a YAML config can name any component (as timm does).
 
-Every family (encoders, augmentations, optimizers, the recipe's datamodules) is a :class:`Registry`
-instance; each offers ``register`` / ``get`` / ``create`` / ``names``.
+Every family is a :class:`Registry` instance next to its ``create_<family>(name, **kwargs)`` and
+``list_<family>s()`` functions: encoders (``fewlabel.plugins.encoders``), heads
+(``fewlabel.plugins.heads``), augmentations (``fewlabel.plugins.augment``), methods
+(``fewlabel.plugins.methods``), optimizers (``fewlabel.plugins.optim``) and the recipe's datamodules
+(``fewlabel.plugins.recipes``).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,6 +27,8 @@ def closest(name: str, valid: Iterable[str]) -> str:
 class Registry(Generic[T]):
     """Constructors of one kind of component, by name.
 
+    Iterating a registry yields its names in sorted order; ``len`` counts them.
+
     Args:
         kind: What the registry holds, for messages (``"encoder"``).
 
@@ -33,8 +38,8 @@ class Registry(Generic[T]):
         ... class Box:
         ...     def __init__(self, size: int = 1) -> None:
         ...         self.size = size
-        >>> widgets.create("box", size=3).size, widgets.names()
-        (3, ['box'])
+        >>> widgets.create("box", size=3).size, widgets.names(), len(widgets)
+        (3, ['box'], 1)
     """
 
     def __init__(self, kind: str) -> None:
@@ -63,6 +68,15 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()})"
+
     def get(self, name: str) -> Callable[..., T]:
         """The constructor registered under ``name``.
 
@@ -74,5 +88,9 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the component registered under ``name`` with ``kwargs``."""
+        """Build the component registered under ``name`` with ``kwargs``.
+
+        Raises:
+            ValueError: unknown name (see :meth:`get`).
+        """
         return self.get(name)(**kwargs)

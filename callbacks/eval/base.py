@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from fewlabel.plugins.arguments import check_int
 from fewlabel.plugins.distributed import shard_dataloader
 from fewlabel.plugins.encoders.base import check_encoder
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
@@ -89,10 +90,8 @@ class EmbeddingEvaluator(L.Callback):
         eval_dataloader_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
-                                           or every_n_epochs < 1):
-            raise ValueError(f"{self._name}: every_n_epochs must be an int >= 1 or None (only when fitting ends, "
-                             f"with eval_on_fit_end=True), got {every_n_epochs!r}")
+        check_int("every_n_epochs", every_n_epochs, 1, "None (only when fitting ends, with eval_on_fit_end=True)",
+                  owner=self._name)
         if not isinstance(eval_on_fit_end, bool):
             raise ValueError(f"{self._name}: eval_on_fit_end must be True or False, got {eval_on_fit_end!r}")
         if every_n_epochs is None and not eval_on_fit_end:

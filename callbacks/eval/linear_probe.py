@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fewlabel.callbacks.eval.base import EmbeddingEvaluator, _Loader, _LoaderArg
-from fewlabel.plugins.optim.optimizers import OPTIMIZERS, check_optimizer
+from fewlabel.plugins.arguments import check_int, is_count
+from fewlabel.plugins.optim.optimizers import check_optimizer, create_optimizer
 
 __all__ = ["LinearProbeEvaluator"]
 
@@ -61,7 +62,7 @@ class LinearProbeEvaluator(EmbeddingEvaluator):
 
     Args:
         num_classes: probe outputs; ``None`` takes ``trainer.datamodule.num_classes``.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (``fewlabel.plugins.optim.OPTIMIZERS``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (``fewlabel.plugins.optim.list_optimizers()``).
         lr: the probe's learning rate.
         weight_decay: the probe's weight decay.
         momentum: SGD momentum (ignored by Adam/AdamW).
@@ -97,12 +98,7 @@ class LinearProbeEvaluator(EmbeddingEvaluator):
     ) -> None:
         super().__init__(metric_name=metric_name, eval_dataloader=val_dataloader, eval_dataloader_arg="val_dataloader",
                          every_n_epochs=every_n_epochs, eval_on_fit_end=eval_on_fit_end, label_key=label_key)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
-            raise ValueError(
-                f"{self._name}: num_classes must be an int >= 2 or None (use trainer.datamodule.num_classes), "
-                f"got {num_classes!r}"
-            )
+        check_int("num_classes", num_classes, 2, "None (use trainer.datamodule.num_classes)", owner=self._name)
         for arg, value in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{self._name}: {arg} must be a float, got {value!r}")
@@ -143,8 +139,8 @@ class LinearProbeEvaluator(EmbeddingEvaluator):
         assert self.probe is not None, "setup('fit') builds the probe"
         self.probe.to(device=pl_module.device, dtype=torch.float32)
         if self.optimizer is None:
-            self.optimizer = OPTIMIZERS.create(self.optimizer_name, params=self.probe.parameters(), lr=self.lr,
-                                               weight_decay=self.weight_decay, momentum=self.momentum)
+            self.optimizer = create_optimizer(self.optimizer_name, params=self.probe.parameters(), lr=self.lr,
+                                              weight_decay=self.weight_decay, momentum=self.momentum)
         if self._pending is not None:  # restored from a checkpoint: load onto the device, state cast by torch
             self.probe.load_state_dict(self._pending["probe"])
             self.optimizer.load_state_dict(self._pending["optimizer"])
@@ -158,7 +154,7 @@ class LinearProbeEvaluator(EmbeddingEvaluator):
         if self.num_classes is not None:
             return self.num_classes
         k = getattr(trainer.datamodule, "num_classes", None)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        if not is_count(k, 2):
             raise ValueError(
                 f"{self._name}(num_classes=None) takes the number of classes from trainer.datamodule.num_classes, "
                 f"but the trainer has {'no datamodule' if trainer.datamodule is None else f'num_classes={k!r}'}; "

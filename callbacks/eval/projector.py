@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from fewlabel.callbacks.eval.base import EmbeddingEvaluator, _LoaderArg
-from fewlabel.plugins.arguments import check_int
+from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.gather import Embeddings
 
 __all__ = ["EmbeddingProjector", "label_colours", "project_2d", "render_scatter", "to_pixels"]
@@ -202,7 +202,7 @@ class EmbeddingProjector(EmbeddingEvaluator):
                          every_n_epochs=every_n_epochs, eval_on_fit_end=eval_on_fit_end, label_key=label_key,
                          eval_dataloader_method=default[0], eval_dataloader_kwargs=default[1])
         if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 64 for v in image_size)):
+                or not all(is_count(v, 64) for v in image_size)):
             raise ValueError(f"{self._name}: image_size must be (width, height) with ints >= 64, got {image_size!r}")
         check_int("point_radius", point_radius, 1, owner=self._name)
         check_int("max_points", max_points, 2, "None (every row)", owner=self._name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 
 from fewlabel.callbacks.eval.base import EmbeddingEvaluator, _LoaderArg
-from fewlabel.plugins.arguments import check_int
+from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.evaluation.separability import (
     SEPARABILITY_MAX_ROWS,
     check_separability_args,
@@ -106,7 +106,7 @@ class SeparabilityMonitor(EmbeddingEvaluator):
         if self.num_clusters is not None:
             return self.num_clusters
         classes = getattr(trainer.datamodule, "num_classes", None)
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        if not is_count(classes, 2):
             found = "no datamodule" if trainer.datamodule is None else f"num_classes={classes!r}"
             raise ValueError(f"{self._name}(num_clusters=None) takes the number of classes from "
                              f"trainer.datamodule.num_classes, but the trainer has {found}; pass num_clusters=<int>")

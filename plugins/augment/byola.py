@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewlabel.plugins.augment.sampling import uniform
+from fewlabel.plugins.arguments import check_int
+from fewlabel.plugins.augment.sampling import check_range, uniform
 from fewlabel.plugins.encoders.base import check_input
-
-
-def _check_range(name: str, value: tuple[float, float], low: float) -> tuple[float, float]:
-    lo, hi = float(value[0]), float(value[1])
-    if not low <= lo <= hi:
-        raise ValueError(f"{name} must be a (min, max) pair with {low} <= min <= max, got {value}")
-    return lo, hi
 
 
 class MixupBYOLA(nn.Module):
@@ -42,6 +36,9 @@ class MixupBYOLA(nn.Module):
         memory_size: Number of past samples kept (2048 in BYOL-A).
         log_mixup_exp: Mix in the linear (exp) domain as above; ``False`` mixes the log-mel linearly.
 
+    Raises:
+        ValueError: ``ratio`` outside [0, 1] or ``memory_size`` not an int >= 1.
+
     Example:
         >>> mix = MixupBYOLA(ratio=0.4, memory_size=8)
         >>> mix(torch.randn(4, 1, 64, 96)).shape
@@ -52,11 +49,10 @@ class MixupBYOLA(nn.Module):
 
     def __init__(self, ratio: float = 0.4, memory_size: int = 2048, log_mixup_exp: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        if memory_size < 1:
-            raise ValueError(f"memory_size must be positive, got {memory_size}")
-        self.ratio = ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio is the largest mixing weight, in [0, 1], got {ratio!r}")
+        self.ratio = float(ratio)
+        check_int("memory_size", memory_size, 1, owner="MixupBYOLA")
         self.memory_size = memory_size
         self.log_mixup_exp = log_mixup_exp
         self.register_buffer("memory", torch.empty(0), persistent=False)
@@ -131,6 +127,10 @@ class RandomResizeCrop(nn.Module):
         time_scale: Range of the crop width relative to ``T``.
         interpolation: ``"bicubic"`` (BYOL-A), ``"bilinear"`` or ``"nearest"``.
 
+    Raises:
+        ValueError: an unknown interpolation, a canvas factor below 1, or a scale that is not a range
+            ``(lo, hi)`` with ``0 <= lo <= hi``.
+
     Example:
         >>> rrc = RandomResizeCrop()
         >>> rrc(torch.randn(4, 1, 64, 96)).shape
@@ -152,8 +152,8 @@ class RandomResizeCrop(nn.Module):
         if len(virtual_crop_scale) != 2 or min(virtual_crop_scale) < 1.0:
             raise ValueError(f"virtual_crop_scale must be (freq, time) factors >= 1, got {virtual_crop_scale}")
         self.virtual_crop_scale = (float(virtual_crop_scale[0]), float(virtual_crop_scale[1]))
-        self.freq_scale = _check_range("freq_scale", freq_scale, 0.0)
-        self.time_scale = _check_range("time_scale", time_scale, 0.0)
+        self.freq_scale = check_range("freq_scale", freq_scale, 0.0)
+        self.time_scale = check_range("time_scale", time_scale, 0.0)
         self.interpolation = interpolation
 
     @staticmethod
@@ -211,6 +211,9 @@ class ByolaAugment(nn.Module):
         freq_scale: See :class:`RandomResizeCrop`.
         time_scale: See :class:`RandomResizeCrop`.
         interpolation: See :class:`RandomResizeCrop`.
+
+    Raises:
+        ValueError: a bad argument (see :class:`MixupBYOLA` and :class:`RandomResizeCrop`).
 
     Example:
         >>> aug = ByolaAugment(memory_size=16)

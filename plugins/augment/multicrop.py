@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabel.plugins.arguments import is_count
+from fewlabel.plugins.augment.sampling import check_range
+from fewlabel.plugins.augment.views import ViewPipelines
+
 __all__ = ["MultiCrop"]
 
 #: Attempts per sample before falling back to a central crop, as in torchvision's RandomResizedCrop.
@@ -24,26 +28,19 @@ _MIN_LOCAL = 4
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
-def _check_range(name: str, value: Sequence[float], upper: float | None) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not 0 < lo <= hi or (upper is not None and hi > upper):
-        bound = f" <= {upper:g}" if upper is not None else ""
-        raise ValueError(f"{name} must be a range (lo, hi) with 0 < lo <= hi{bound}, got {tuple(value)}")
-    return lo, hi
-
-
 def _check_size(name: str, size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
+    if len(pair) != 2 or not all(is_count(s, 1) for s in pair):
         raise ValueError(f"{name} must be None, an int >= 1 or a pair (height, width) of ints >= 1, got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
 def _check_augment(name: str, augment: nn.Module | None) -> nn.Module | None:
-    if augment is not None and not isinstance(augment, nn.Module):
-        raise ValueError(f"{name} must be an nn.Module (e.g. BatchImageAugment) or None, got {type(augment).__name__}")
+    if augment is not None and (not isinstance(augment, nn.Module) or isinstance(augment, ViewPipelines)):
+        raise ValueError(f"{name} must be an nn.Module applied to every crop (e.g. BatchImageAugment; not "
+                         f"ViewPipelines) or None, got {type(augment).__name__}")
     return augment
 
 
@@ -99,15 +96,16 @@ class MultiCrop(nn.Module):
         local_augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("num_global", num_global, 1), ("num_local", num_local, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, value, low, why in (("num_global", num_global, 1, "the teacher sees the global views"),
+                                      ("num_local", num_local, 0, "0 disables the local views")):
+            if not is_count(value, low):
+                raise ValueError(f"{name} must be an integer >= {low} ({why}), got {value!r}")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}, got {interpolation!r}")
-        self.num_global, self.num_local = num_global, num_local
-        self.global_scale = _check_range("global_scale", global_scale, 1.0)
-        self.local_scale = _check_range("local_scale", local_scale, 1.0)
-        self.ratio = _check_range("ratio", ratio, None)
+        self.num_global, self.num_local = int(num_global), int(num_local)
+        self.global_scale = check_range("global_scale", global_scale, 0.0, 1.0, strict_low=True)
+        self.local_scale = check_range("local_scale", local_scale, 0.0, 1.0, strict_low=True)
+        self.ratio = check_range("ratio", ratio, 0.0, strict_low=True)
         self.global_size = _check_size("global_size", global_size)
         self.local_size = _check_size("local_size", local_size)
         self.interpolation = interpolation

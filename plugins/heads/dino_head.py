@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from fewlabel.plugins.arguments import check_int
+
 __all__ = ["DINOHead"]
 
 
@@ -42,7 +44,7 @@ class DINOHead(nn.Module):
         norm_last_layer: Freeze the last layer's magnitude at 1.
 
     Raises:
-        ValueError: a dimension or ``num_layers`` below 1.
+        ValueError: a dimension or ``num_layers`` that is not an int >= 1.
 
     Example:
         >>> head = DINOHead(32, out_dim=128)
@@ -55,9 +57,8 @@ class DINOHead(nn.Module):
         super().__init__()
         sizes = {"in_dim": in_dim, "out_dim": out_dim, "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim,
                  "num_layers": num_layers}
-        bad = {name: v for name, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
-        if bad:
-            raise ValueError(f"DINOHead sizes must be integers >= 1, got {bad}")
+        for name, value in sizes.items():
+            check_int(name, value, 1, owner="DINOHead")
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):

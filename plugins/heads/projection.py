@@ -26,13 +26,9 @@ def projection_mlp(dims: Sequence[int], *, batch_norm: bool = True, last_batch_n
         ValueError: fewer than two widths, or a width below 1.
 
     Example:
-        >>> projection_mlp([512, 2048, 128])
-        Sequential(
-          (0): Linear(in_features=512, out_features=2048, bias=True)
-          (1): BatchNorm1d(2048, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
-          (2): ReLU(inplace=True)
-          (3): Linear(in_features=2048, out_features=128, bias=True)
-        )
+        >>> head = projection_mlp([512, 2048, 128])
+        >>> [type(layer).__name__ for layer in head], head[-1].out_features
+        (['Linear', 'BatchNorm1d', 'ReLU', 'Linear'], 128)
     """
     dims = [int(d) for d in dims]
     if len(dims) < 2 or min(dims) < 1:

@@ -9,7 +9,7 @@ from fewlabel.plugins.methods.classifier import Classifier
 from fewlabel.plugins.methods.deepcluster_v2 import DeepClusterV2
 from fewlabel.plugins.methods.dino import DINO
 from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
-from fewlabel.plugins.methods.registry import METHODS, register_method
+from fewlabel.plugins.methods.registry import METHODS, create_method, list_methods, register_method
 from fewlabel.plugins.methods.rotnet import RotNet
 from fewlabel.plugins.methods.self_distillation import SelfDistillation
 from fewlabel.plugins.methods.simclr import SimCLR
@@ -29,5 +29,7 @@ __all__ = [
     "SelfDistillation",
     "SimCLR",
     "VICReg",
+    "create_method",
+    "list_methods",
     "register_method",
 ]

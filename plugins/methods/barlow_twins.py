@@ -75,5 +75,5 @@ class BarlowTwins(Method):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         first, second = self.views(batch, 2)
         loss = self.criterion(self.projector(self.embed(first)), self.projector(self.embed(second)))
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss

@@ -124,7 +124,7 @@ class BYOL(Method):
         predictions = (self.predict_online(v1), self.predict_online(v2))
         targets = (self.project_target(v1), self.project_target(v2))
         loss = self.loss(predictions, targets)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
 

@@ -90,7 +90,7 @@ class Classifier(Method):
         logits = self.head(emb.float() if self.hparams.freeze_encoder else emb)
         loss = F.cross_entropy(logits.float(), batch["label"], ignore_index=-1,
                                label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch: dict[str, Any], metric: MulticlassAccuracy, name: str) -> None:

@@ -133,7 +133,7 @@ class DeepClusterV2(Method):
         scores = [self.prototype_scores(flat, h) for h in range(len(self.num_prototypes))]
         targets = [self.assignments[h, index].repeat(len(views)) for h in range(len(self.num_prototypes))]
         loss = deepcluster_v2_loss(scores, targets, self.hparams.temperature)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
     def _remember(self, z: Tensor, index: Tensor) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewlabel.plugins.arguments import check_int
 from fewlabel.plugins.augment.multicrop import MultiCrop
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import embed, preprocess
@@ -129,9 +130,7 @@ class DINO(Method):
         # The augmentation lives in the multi-crop pipeline, not in Method.augment (one copy in the state dict).
         super().__init__(encoder, None, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
                          warmup_fraction=warmup_fraction)
-        if isinstance(freeze_last_layer_epochs, bool) or not isinstance(freeze_last_layer_epochs, int) \
-                or freeze_last_layer_epochs < 0:
-            raise ValueError(f"freeze_last_layer_epochs must be an integer >= 0, got {freeze_last_layer_epochs!r}")
+        check_int("freeze_last_layer_epochs", freeze_last_layer_epochs, 0)
         self.save_hyperparameters(ignore=["encoder", "augment"])
         self.multicrop = MultiCrop(num_global=NUM_GLOBAL, num_local=num_local, global_scale=global_scale,
                                    local_scale=local_scale, global_size=global_size, local_size=local_size,
@@ -195,7 +194,7 @@ class DINO(Method):
         student_out = self.student(views)
         temperature = self.loss.teacher_temperature(self.current_epoch)
         loss = self.loss(teacher_out, student_out, teacher_temp=temperature)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         self.log("train/teacher_temp", temperature, on_step=False, on_epoch=True)
         return loss
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabel.plugins.arguments import check_int
 from fewlabel.plugins.augment.rotation import NUM_ROTATIONS, rotate_batch
 from fewlabel.plugins.heads.projection import projection_mlp
 from fewlabel.plugins.methods.base import Method
@@ -75,9 +76,7 @@ class RotNet(Method):
                          warmup_fraction=warmup_fraction)
         if not isinstance(all_rotations, bool):
             raise ValueError(f"all_rotations must be True or False, got {all_rotations!r}")
-        if hidden_dim is not None and (isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int)
-                                       or hidden_dim < 1):
-            raise ValueError(f"hidden_dim must be None (a linear head) or an integer >= 1, got {hidden_dim!r}")
+        check_int("hidden_dim", hidden_dim, 1, "None (a linear head)")
         self.save_hyperparameters(ignore=["encoder", "augment"])
         if hidden_dim is None:
             self.head: nn.Module = nn.Linear(self.embed_dim, NUM_ROTATIONS)
@@ -92,6 +91,6 @@ class RotNet(Method):
             raise ValueError(f"RotNet works on image encoders only: {err}") from None
         logits = self.head(self.embed(rotated)).float()
         loss = F.cross_entropy(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", (logits.argmax(dim=1) == labels).float().mean())
+        self.log_train("train/loss", loss, prog_bar=True)
+        self.log_train("train/acc", (logits.argmax(dim=1) == labels).float().mean())
         return loss

@@ -82,7 +82,8 @@ class SelfDistillation(PseudoLabelMixin, Method):
         (z,) = self.views(batch, 1)
         final, aux = self.forward_exits(z)
         loss, parts = self.loss(final, aux, target)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()})
-        self.log("train/pseudo_acc", (final.argmax(1) == target).float().mean())
+        self.log_train("train/loss", loss, prog_bar=True)
+        for key, value in parts.items():
+            self.log_train(f"train/{key}", value)
+        self.log_train("train/pseudo_acc", (final.argmax(1) == target).float().mean())
         return loss

@@ -81,5 +81,5 @@ class SimCLR(Method):
         first, second = self.views(batch, 2)
         z0, z1 = self.projector(self.embed(torch.cat([first, second]))).chunk(2)
         loss = self.criterion(z0, z1)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss

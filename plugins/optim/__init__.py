@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 from fewlabel.plugins.optim.ema import ema_update, momentum_schedule
-from fewlabel.plugins.optim.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
+from fewlabel.plugins.optim.optimizers import (
+    OPTIMIZERS,
+    build_optimizer,
+    check_optimizer,
+    create_optimizer,
+    list_optimizers,
+    register_optimizer,
+)
 from fewlabel.plugins.optim.schedules import cosine_schedule
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "check_optimizer", "cosine_schedule", "ema_update", "momentum_schedule"]
+__all__ = [
+    "OPTIMIZERS",
+    "build_optimizer",
+    "check_optimizer",
+    "cosine_schedule",
+    "create_optimizer",
+    "ema_update",
+    "list_optimizers",
+    "momentum_schedule",
+    "register_optimizer",
+]

@@ -5,8 +5,17 @@ This layer sits above everything else; ``fewlabel.plugins`` does not import it.
 
 from __future__ import annotations
 
+from fewlabel.plugins.recipes.build import create_datamodule, list_datamodules, register_datamodule
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.unfused import run_unfused
 from fewlabel.plugins.recipes.validate import RecipeError, check_config
 
-__all__ = ["RecipeError", "check_config", "load_config", "run_unfused"]
+__all__ = [
+    "RecipeError",
+    "check_config",
+    "create_datamodule",
+    "list_datamodules",
+    "load_config",
+    "register_datamodule",
+    "run_unfused",
+]

@@ -13,10 +13,34 @@ from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLab
 from fewlabel.plugins.registry import Registry
 
 DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
-DATAMODULES.register("audio_folder")(AudioFolderDataModule)
-DATAMODULES.register("digits")(DigitsDataModule)
-DATAMODULES.register("image_folder")(ImageFolderDataModule)
+
+#: Decorator that registers a :class:`~fewlabel.datamodules.FewLabelDataModule` class under a name that
+#: a recipe's ``data.name`` can select: ``@register_datamodule("my_data")``.
+register_datamodule = DATAMODULES.register
+
+register_datamodule("audio_folder")(AudioFolderDataModule)
+register_datamodule("digits")(DigitsDataModule)
+register_datamodule("image_folder")(ImageFolderDataModule)
 LOGGERS = ("wandb", "wandb-online", "csv", "none")
+
+
+def create_datamodule(name: str, **kwargs: Any) -> FewLabelDataModule:
+    """Build the datamodule registered under ``name`` with ``kwargs`` (nothing is loaded before ``setup()``).
+
+    Raises:
+        ValueError: ``name`` is not registered; the message gives the closest name and every valid one.
+
+    Example:
+        >>> dm = create_datamodule("digits", labels_per_class=5)
+        >>> type(dm).__name__, dm.labels_per_class
+        ('DigitsDataModule', 5)
+    """
+    return DATAMODULES.create(name, **kwargs)
+
+
+def list_datamodules() -> list[str]:
+    """Sorted names of the registered datamodules."""
+    return DATAMODULES.names()
 
 
 def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
@@ -24,7 +48,7 @@ def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
     kwargs = dict(data)
     name = kwargs.pop("name", "digits")
     kwargs = {k: v for k, v in kwargs.items() if not (k == "root" and v is None)}
-    return DATAMODULES.create(name, **kwargs)
+    return create_datamodule(name, **kwargs)
 
 
 def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logger | bool = False,

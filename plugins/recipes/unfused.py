@@ -171,7 +171,7 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
                                                  checkpoint=False), f" (accelerators on this machine: {here})")
         with torch.no_grad():
             teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
-            _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, 1)[0]),
+            _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, getattr(teacher.augment, "num_views", 1))[0]),
                      hint)
             _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
             student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
@@ -237,18 +237,21 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
 def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
                   encoders: dict[str, nn.Module], k: int, seed: int, output: Path, logger: str,
                   parent: Logger | bool) -> dict[str, Any]:
-    dm.draw_labels(k, seed)
+    """One stage-4 run on a view of ``dm`` with the draw ``(k, seed)``; ``dm`` itself is not changed."""
+    data = dm.with_labels(k, seed)
     L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
-    module = build_classifier(config, dm, spec, encoders)
+    module = build_classifier(config, data, spec, encoders)
     trainer = make_trainer(config, spec.get("trainer") or {}, callbacks=[],
                            logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune",
                                               parent=parent, prefix=f"{method}/lpc{k}/seed{seed}"),
                            progress=False, checkpoint=False)
+    for run_logger in trainer.loggers:  # the draw this run trains on (the module logs its own hyperparameters)
+        run_logger.log_hyperparams({"stage": "finetune", "method": method, "data": dict(data.hparams)})
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=dm.labeled_dataloader())
-    val_loader = dm.val_dataloader()
+    trainer.fit(module, train_dataloaders=data.labeled_dataloader())
+    val_loader = data.val_dataloader()
     val = trainer.validate(module, val_loader, verbose=False)[0]["val/acc"] if len(val_loader) else float("nan")
-    test = trainer.test(module, dm.test_dataloader(), verbose=False)[0]["test/acc"]
+    test = trainer.test(module, data.test_dataloader(), verbose=False)[0]["test/acc"]
     return {"method": method, "labels_per_class": k, "seed": seed, "val_accuracy": float(val),
             "test_accuracy": float(test), "params": sum(p.numel() for p in module.parameters()),
             "seconds": time.perf_counter() - start}

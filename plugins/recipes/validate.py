@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 
 from fewlabel.callbacks import PseudoLabeler
+from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.augment.factory import AUGMENTS
 from fewlabel.plugins.encoders.registry import encoder_constructor
 from fewlabel.callbacks import EMATeacher
@@ -186,9 +187,8 @@ def check_trainer(where: str, section: Any) -> None:
 
 
 def _int_list(where: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, list) or not value or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
-        raise RecipeError(f"{where} must be a non-empty list of integers >= {minimum}, got {value!r}")
+    if not isinstance(value, list) or not value or not all(is_count(v, minimum) for v in value):
+        raise RecipeError(f"{where} must be a non-empty list of ints >= {minimum}, got {value!r}")
 
 
 def check_config(config: Any, datamodules: Registry[Any]) -> None:
@@ -203,12 +203,11 @@ def check_config(config: Any, datamodules: Registry[Any]) -> None:
     """
     config = check_mapping("the config", config)
     check_keys("config", config, TOP_LEVEL)
-    seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise RecipeError(f"seed must be an integer >= 0, got {seed!r}")
-    threads = config.get("num_threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise RecipeError(f"num_threads must be an integer >= 1 or null (torch's default), got {threads!r}")
+    try:
+        check_int("seed", config.get("seed", 0), 0)
+        check_int("num_threads", config.get("num_threads"), 1, "null (torch's default)")
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
     data = check_mapping("data", config.get("data"))
     name = data.get("name", "digits")

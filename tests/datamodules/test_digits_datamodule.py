@@ -140,7 +140,7 @@ def test_check_label_budget(dm: DigitsDataModule) -> None:
     message = f"labels_per_class={smallest + 1} is too many: class '{name}' has only {smallest} training samples"
     with pytest.raises(ValueError, match=message):
         dm.check_label_budget([1, smallest + 1, 10_000])
-    with pytest.raises(ValueError, match="labels_per_class must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="labels_per_class must be an int >= 1, got 0"):
         dm.check_label_budget([0])
     with pytest.raises(RuntimeError, match="setup"):
         DigitsDataModule().check_label_budget([1])

@@ -165,5 +165,9 @@ def test_bad_arguments_raise() -> None:
         RandomResizeCrop(interpolation="area")
     with pytest.raises(ValueError, match="virtual_crop_scale"):
         RandomResizeCrop(virtual_crop_scale=(0.5, 1.0))
-    with pytest.raises(ValueError, match="time_scale"):
+    with pytest.raises(ValueError, match=r"time_scale must be a range \(lo, hi\) with 0 <= lo <= hi"):
         RandomResizeCrop(time_scale=(1.5, 0.6))
+    with pytest.raises(ValueError, match="MixupBYOLA: memory_size must be an int >= 1, got 2.5"):
+        MixupBYOLA(memory_size=2.5)
+    with pytest.raises(ValueError, match="ratio is the largest mixing weight, in \\[0, 1\\]"):
+        MixupBYOLA(ratio=-0.1)

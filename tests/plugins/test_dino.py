@@ -146,8 +146,10 @@ def test_dino_head_shape_structure_and_unit_norm_last_layer() -> None:
     assert free.last_layer.parametrizations.weight.original0.requires_grad
     with_bn = DINOHead(16, num_layers=2, batch_norm=True)
     assert [type(m).__name__ for m in with_bn.mlp] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
-    with pytest.raises(ValueError, match="DINOHead sizes must be integers >= 1"):
+    with pytest.raises(ValueError, match="DINOHead: out_dim must be an int >= 1, got 0"):
         DINOHead(16, out_dim=0)
+    with pytest.raises(ValueError, match="DINOHead: num_layers must be an int >= 1, got True"):
+        DINOHead(16, num_layers=True)
 
 
 # ---------------------------------------------------------------------------------------------- DINO
@@ -322,6 +324,6 @@ def test_dino_views_optimizer_groups_checkpoint_and_registry() -> None:
     fresh = DINO({"name": "small_cnn", "width": 4}, num_local=3, **_TINY)
     fresh.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.values()))
-    with pytest.raises(ValueError, match="freeze_last_layer_epochs must be an integer >= 0"):
+    with pytest.raises(ValueError, match="freeze_last_layer_epochs must be an int >= 0, got -1"):
         DINO({"name": "small_cnn", "width": 4}, freeze_last_layer_epochs=-1)
     assert math.isclose(module.loss.teacher_temperature(0), 0.04)

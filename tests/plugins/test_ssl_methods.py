@@ -219,7 +219,7 @@ def test_defaults() -> None:
         ("barlow_twins", {"proj_dim": 0}, "positive widths"),
         ("vicreg", {"mu_param": -1.0}, "loss weights must be >= 0"),
         ("rotnet", {"all_rotations": "yes"}, "all_rotations must be True or False"),
-        ("rotnet", {"hidden_dim": 0}, "hidden_dim must be None"),
+        ("rotnet", {"hidden_dim": 0}, r"hidden_dim must be an int >= 1 or None \(a linear head\), got 0"),
         ("rotnet", {"optimizer": "lamb"}, "unknown optimizer 'lamb'"),
         ("vicreg", {"lr": 0.0}, "lr must be > 0"),
     ],

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from fewlabel.plugins.recipes import RecipeError, load_config, run_unfused
 from fewlabel.plugins.recipes.cli import main
@@ -37,6 +38,10 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert 0.0 <= written["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
     assert len(written["runs"]) == 12 and results["rows"] == written["rows"]
     assert "method" in capsys.readouterr().out  # the printed table
+    # each fine-tune run logs the label draw it trained on (a view of the datamodule; the datamodule is not changed)
+    logged = yaml.safe_load((tmp_path / "logs" / "finetune" / "unfused-lpc2-seed1" / "hparams.yaml").read_text())
+    assert logged["stage"] == "finetune" and logged["method"] == "unfused"
+    assert logged["data"]["labels_per_class"] == 2 and logged["data"]["seed"] == 1
 
     teacher_mtime = (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns
     again = run_unfused(tiny_config(), tmp_path, logger="csv")
