@@ -2,17 +2,19 @@
 
 Both arms run the same computation on the digits unlabeled pool (``DigitsDataModule``, batch 64,
 shuffled, last partial batch dropped: 17 steps per epoch, the loader restarting each epoch):
-:class:`~fewlabel.plugins.methods.SimCLR` with ``small_cnn`` width 16 (``--width``), the view
+:class:`~fewlabel.plugins.methods.SimCLR` with ``small_cnn`` width 32 (``--width``; the width of the
+recipe's digits teacher, the smallest model the recipe pretrains), the view
 augmentation of ``ssl_zoo_digits.py``, its default SGD (lr 0.05, momentum 0.9, weight decay 1e-6)
 and its warm-up + cosine schedule stepped every optimizer step, for ``--steps`` steps.
 
 * lightning: ``trainer.fit(module, loader)`` with ``max_steps``, no logger, no checkpointing, no
-  progress bar, no model summary (the module's ``training_step`` logs ``train/loss`` as it always does);
+  progress bar, no model summary (the module's ``training_step`` logs ``train/loss`` as it always does,
+  through ``Method.log_train``: a window mean handed to ``self.log`` on the logger's steps);
 * torch: the pieces of ``SimCLR.training_step`` called by hand (``views`` -> ``embed`` of both views
   as one batch -> ``projector`` -> ``NTXentLoss``), then ``zero_grad`` / ``backward`` / ``step`` of
   the same optimizer and a ``LambdaLR`` on the same schedule;
 * lightning_nolog: the lightning arm with a subclass whose ``self.log`` does nothing, to show how
-  much of the difference is Lightning's per-call logging machinery (``log_cost_ms_per_step``).
+  much of the difference is Lightning's logging machinery (``log_cost_ms_per_step``).
 
 Each arm starts from the same seed before building the module and again before its first batch, so
 both draw the same initial weights, batches and augmentations; ``max_param_diff`` (the largest
@@ -27,8 +29,8 @@ of the lightning and torch arms comes first. The ratios are lightning / torch th
 Torch runs on one thread (``torch.set_num_threads(1)``): the machine these figures come from has 2
 shared cores.
 
-    python benchmarks/loop_overhead.py                 # 200 steps, best of 3
-    python benchmarks/loop_overhead.py --width 64      # 16x the convolution work per step
+    python benchmarks/loop_overhead.py                 # 200 steps, best of 3, width 32
+    python benchmarks/loop_overhead.py --width 16      # a quarter of the convolution work per step
     python benchmarks/loop_overhead.py --quick         # a few steps, seconds
 """
 
@@ -49,7 +51,7 @@ from fewlabel.plugins.methods import SimCLR
 from fewlabel.plugins.optim.optimizers import OPTIMIZERS
 from fewlabel.plugins.optim.schedules import cosine_schedule
 
-WIDTH = 16
+WIDTH = 32
 BATCH_SIZE = 64
 
 

@@ -6,6 +6,7 @@ from fewlabel.callbacks.ema_teacher import EMATeacher
 from fewlabel.callbacks.eval import (
     EmbeddingEvaluator,
     EmbeddingProjector,
+    FewShotEvaluator,
     KNNEvaluator,
     LinearProbeEvaluator,
     SeparabilityMonitor,
@@ -18,6 +19,7 @@ __all__ = [
     "EMATeacher",
     "EmbeddingEvaluator",
     "EmbeddingProjector",
+    "FewShotEvaluator",
     "FiniteLossGuard",
     "KNNEvaluator",
     "LinearProbeEvaluator",

@@ -46,7 +46,7 @@ class EMATeacher(L.Callback):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
         if total_steps is not None and not is_count(total_steps, 1):
-            raise ValueError(f"total_steps must be an integer >= 1 or None (the trainer's estimate), got {total_steps!r}")
+            raise ValueError(f"total_steps must be an int >= 1 or None (the trainer's estimate), got {total_steps!r}")
         self.base_momentum = float(base_momentum)
         self.final_momentum = float(final_momentum)
         self.total_steps = total_steps

@@ -34,7 +34,7 @@ class FiniteLossGuard(L.Callback):
     def __init__(self, every_n_steps: int = 1) -> None:
         super().__init__()
         if not is_count(every_n_steps, 1):
-            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+            raise ValueError(f"every_n_steps must be an int >= 1, got {every_n_steps!r}")
         self.every_n_steps = every_n_steps
 
     def should_check(self, step: int) -> bool:

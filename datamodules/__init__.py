@@ -12,6 +12,7 @@ from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
 from fewlabel.datamodules.budget import label_budget_split, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset, SampleView, SubsetDataset, collate_dict
 from fewlabel.datamodules.digits import DigitsDataModule
+from fewlabel.datamodules.episodes import EpisodeSampler
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule, scan_class_folders
 from fewlabel.datamodules.image_folder import ImageFileDataset, ImageFolderDataModule
 
@@ -20,6 +21,7 @@ __all__ = [
     "AudioFolderDataModule",
     "DatasetSplits",
     "DigitsDataModule",
+    "EpisodeSampler",
     "FewLabelDataModule",
     "FewLabelDataset",
     "FileDataset",

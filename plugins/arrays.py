@@ -40,7 +40,7 @@ def chunk_rows(d: int, chunk_size: int | None = None, *, chunk_bytes: int = CHUN
     if chunk_size is None:
         return max(min_rows, chunk_bytes // (4 * max(d, 1)))
     if not is_count(chunk_size, 1):
-        raise ValueError(f"chunk_size must be an integer >= 1 (rows) or None, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be an int >= 1 (rows) or None, got {chunk_size!r}")
     return int(chunk_size)
 
 

@@ -99,7 +99,7 @@ class MultiCrop(nn.Module):
         for name, value, low, why in (("num_global", num_global, 1, "the teacher sees the global views"),
                                       ("num_local", num_local, 0, "0 disables the local views")):
             if not is_count(value, low):
-                raise ValueError(f"{name} must be an integer >= {low} ({why}), got {value!r}")
+                raise ValueError(f"{name} must be an int >= {low} ({why}), got {value!r}")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}, got {interpolation!r}")
         self.num_global, self.num_local = int(num_global), int(num_local)

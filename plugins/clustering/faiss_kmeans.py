@@ -40,7 +40,7 @@ SINGLE_THREAD_WORK = 50_000_000
 def check_num_clusters(k: int, n: int) -> None:
     """Raise unless ``k`` is an integer in ``[1, n]``, naming both numbers."""
     if not is_count(k, 1):
-        raise ValueError(f"the number of clusters k must be an integer >= 1, got {k!r}")
+        raise ValueError(f"the number of clusters k must be an int >= 1, got {k!r}")
     if k > n:
         raise ValueError(f"cannot make k={k} clusters from only N={n} samples (need k <= N)")
 
@@ -57,7 +57,7 @@ def check_max_train_rows(max_train_rows: int | None, k: int = 1) -> None:
     """
     if max_train_rows is not None and not is_count(max_train_rows, k):
         raise ValueError(
-            f"max_train_rows must be an integer >= {k} (the number of clusters) or None (train on every row), "
+            f"max_train_rows must be an int >= {k} (the number of clusters) or None (train on every row), "
             f"got {max_train_rows!r}"
         )
 

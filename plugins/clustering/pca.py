@@ -51,7 +51,7 @@ def fit_projection(
         ValueError: ``dim < 1``, ``N < 2``, or whitening rows that are all equal.
     """
     if not is_count(dim, 1):
-        raise ValueError(f"pca dim must be an integer >= 1, got {dim!r}")
+        raise ValueError(f"pca dim must be an int >= 1, got {dim!r}")
     n, d = x.shape
     if n < 2:
         raise ValueError(f"PCA needs at least 2 samples, got N={n}")

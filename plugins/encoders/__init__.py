@@ -7,6 +7,7 @@ from fewlabel.plugins.encoders.base import Encoder
 from fewlabel.plugins.encoders.frontend import LogMelFrontend, RunningNorm
 from fewlabel.plugins.encoders.registry import ENCODERS, create_encoder, list_encoders, register_encoder
 from fewlabel.plugins.encoders.small_cnn import SmallCNN
+from fewlabel.plugins.encoders.ssf import SSF_LAYER_KINDS, add_ssf, has_ssf, merge_ssf, ssf_parameters
 from fewlabel.plugins.encoders.timm_encoder import TimmEncoder
 
 __all__ = [
@@ -15,9 +16,14 @@ __all__ = [
     "Encoder",
     "LogMelFrontend",
     "RunningNorm",
+    "SSF_LAYER_KINDS",
     "SmallCNN",
     "TimmEncoder",
+    "add_ssf",
     "create_encoder",
+    "has_ssf",
     "list_encoders",
+    "merge_ssf",
     "register_encoder",
+    "ssf_parameters",
 ]

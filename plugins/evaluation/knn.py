@@ -58,7 +58,7 @@ def check_knn_args(k: Any, temperature: Any) -> None:
         ValueError: naming the argument, the valid values and the value given.
     """
     if not is_count(k, 1):
-        raise ValueError(f"k must be an integer >= 1 (neighbours per query), got {k!r}")
+        raise ValueError(f"k must be an int >= 1 (neighbours per query), got {k!r}")
     _check_temperature(temperature)
 
 
@@ -124,7 +124,7 @@ def knn_predict(
         num_classes = top
     elif not is_count(num_classes, top):
         raise ValueError(
-            f"num_classes must be an integer >= {top} (the largest bank label + 1) or None, got {num_classes!r}"
+            f"num_classes must be an int >= {top} (the largest bank label + 1) or None, got {num_classes!r}"
         )
     c = int(num_classes)
     m = query.shape[0]

@@ -60,11 +60,11 @@ def fit_linear_probe(
     if isinstance(C, bool) or not isinstance(C, (int, float, np.floating)) or not (math.isfinite(C) and C > 0):
         raise ValueError(f"C must be a finite float > 0 (inverse regularisation strength), got {C!r}")
     if not is_count(max_iter, 1):
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not isinstance(standardize, bool):
         raise ValueError(f"standardize must be True or False, got {standardize!r}")
     if not is_count(seed, 0):
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     x = as_matrix(train_emb, "train_emb")
     y = _as_labels(train_labels, "train_labels", x.shape[0])
     classes = np.unique(y)

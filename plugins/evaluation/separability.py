@@ -87,12 +87,12 @@ def check_separability_args(k: Any, num_clusters: Any, max_rows: Any = SEPARABIL
         ValueError: naming the argument, the valid values and the value given.
     """
     if not is_count(k, 1):
-        raise ValueError(f"k must be an integer >= 1 (neighbours per row), got {k!r}")
+        raise ValueError(f"k must be an int >= 1 (neighbours per row), got {k!r}")
     if not is_count(num_clusters, 2):
-        raise ValueError(f"num_clusters must be an integer >= 2 (the expected number of classes), got {num_clusters!r}")
+        raise ValueError(f"num_clusters must be an int >= 2 (the expected number of classes), got {num_clusters!r}")
     if max_rows is not None and not is_count(max_rows, max(int(k) + 1, int(num_clusters))):
         raise ValueError(
-            f"max_rows must be None (score every row) or an integer >= max(k + 1, num_clusters) = "
+            f"max_rows must be None (score every row) or an int >= max(k + 1, num_clusters) = "
             f"{max(int(k) + 1, int(num_clusters))}, got {max_rows!r}"
         )
 

@@ -41,7 +41,13 @@ class BarlowTwins(Method):
         lambda_param: Weight of the redundancy-reduction (off-diagonal) term (5e-3 in the paper).
         gather_distributed: Standardise and correlate over every rank's batch (see ``BarlowTwinsLoss``).
         optimizer, lr, weight_decay, momentum, warmup_fraction: Optimiser and warm-up + cosine
-            schedule (the paper: LARS, weight decay 1.5e-6, warm-up 10 epochs).
+            schedule (the paper: LARS, weight decay 1.5e-6, warm-up 10 epochs). The default is AdamW at
+            lr 1e-3: the loss is a sum over ``proj_dim`` squared terms (1,861 on the first digits batch
+            with ``proj_dim=2048``), so the size of a plain SGD step grows with the projector width,
+            which LARS (layer-wise trust ratios) or Adam (per-parameter normalisation) undo. Chosen on
+            the digits validation split (``benchmarks/ssl_zoo_digits.py --queries val``, 30 epochs,
+            kNN / linear-probe accuracy): AdamW 1e-3 0.873 / 0.921, 3e-4 0.833 / 0.913, 3e-3 0.818 /
+            0.889; SGD 0.05 (the old default) 0.246 / 0.476, SGD 1.5e-4 0.825 / 0.921.
 
     Raises:
         ValueError: On ``proj_dim < 1``, ``lambda_param < 0`` or a bad optimiser setting.
@@ -60,8 +66,8 @@ class BarlowTwins(Method):
         proj_dim: int = 2048,
         lambda_param: float = 5e-3,
         gather_distributed: bool = False,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
         weight_decay: float = 1.5e-6,
         momentum: float = 0.9,
         warmup_fraction: float = 0.1,

@@ -76,7 +76,12 @@ class DINO(Method):
         hidden_dim: Hidden width of the head (reference 2048).
         bottleneck_dim: Bottleneck width of the head (reference 256).
         head_layers: Linear layers of the head's MLP (reference 3).
-        head_batch_norm: BatchNorm in the head (reference ``use_bn_in_head=False``).
+        head_batch_norm: BatchNorm in the head's MLP (the reference's ``use_bn_in_head``, off by default
+            there, for ViTs). On by default here, for the library's convolutional encoders: chosen on
+            the digits validation split (``benchmarks/ssl_zoo_digits.py --methods dino --queries val``,
+            kNN / linear-probe accuracy of the student): 30 epochs 0.675 / 0.849 with it vs 0.579 /
+            0.794 without; 80 epochs 0.770 / 0.929 vs 0.579 / 0.762. Without it the loss barely left
+            its collapsed start (ln out_dim) in 510 steps.
         norm_last_layer: Freeze the magnitude of the head's last layer at 1 (reference default ``True``).
         warmup_teacher_temp: Teacher temperature at epoch 0.
         teacher_temp: Teacher temperature after the warm-up (0.04; above 0.07 is unstable).
@@ -113,7 +118,7 @@ class DINO(Method):
         hidden_dim: int = 512,
         bottleneck_dim: int = 64,
         head_layers: int = 3,
-        head_batch_norm: bool = False,
+        head_batch_norm: bool = True,
         norm_last_layer: bool = True,
         warmup_teacher_temp: float = 0.04,
         teacher_temp: float = 0.04,

@@ -1,4 +1,9 @@
-"""The ``fewlabel`` command: ``fewlabel run unfused [--config FILE] [--output DIR] [--key VALUE ...]``.
+"""The ``fewlabel`` command.
+
+- ``fewlabel run unfused [--config FILE] [--output DIR] [--key VALUE ...]``: run a recipe end to end;
+- ``fewlabel fewshot --checkpoint CKPT [--config FILE] [--head protonet ...] [--ways 5] [--shots 1 5]
+  [--queries 15] [--episodes 1000] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
+  encoder on the configuration's data (see :mod:`fewlabel.plugins.recipes.fewshot`).
 
 fewlabel's own errors (a bad configuration, data that do not fit it, a busy or stale run folder) are
 printed as one line without a traceback; ``--debug`` shows the traceback.
@@ -10,8 +15,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fewlabel.plugins.heads.registry import list_few_shot_heads
 from fewlabel.plugins.recipes.build import LOGGERS
 from fewlabel.plugins.recipes.config import load_config
+from fewlabel.plugins.recipes.fewshot import (
+    CENTERS,
+    ENCODER_SECTIONS,
+    SPLITS,
+    format_fewshot_table,
+    run_config_path,
+    run_fewshot,
+)
 from fewlabel.plugins.recipes.validate import RecipeError
 
 RECIPES = ("unfused",)
@@ -47,12 +61,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute", action="store_true",
                      help="delete and recompute stages that this --output folder holds with other settings")
     run.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
+    few = sub.add_parser("fewshot", help="few-shot episode accuracy of a checkpoint's encoder", allow_abbrev=False,
+                         epilog="Any config key can be overridden: --data.root PATH --data.name image_folder ...")
+    few.add_argument("--checkpoint", required=True, help="a stage checkpoint, e.g. runs/unfused/student/final.ckpt")
+    few.add_argument("--config", help="the recipe YAML (default: the run folder's config.yaml next to the "
+                                      "checkpoint's stage folder, else the packaged digits defaults)")
+    few.add_argument("--head", nargs="+", default=["protonet"], choices=list_few_shot_heads(), metavar="HEAD",
+                     help=f"few-shot heads, any of {list_few_shot_heads()} (default: protonet)")
+    few.add_argument("--ways", type=int, default=5, help="classes per episode (default: 5)")
+    few.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support samples per class (default: 1 5)")
+    few.add_argument("--queries", type=int, default=15, help="query samples per class (default: 15)")
+    few.add_argument("--episodes", type=int, default=1000, help="episodes per head and shot count (default: 1000)")
+    few.add_argument("--seed", type=int, default=0, help="seed of the episode draws (default: 0)")
+    few.add_argument("--split", default="test", choices=SPLITS, help="which labeled split (default: test)")
+    few.add_argument("--encoder", default="auto", choices=("auto", *ENCODER_SECTIONS),
+                     help="the config section whose encoder spec fits the checkpoint (default: auto)")
+    few.add_argument("--center", default="pool", choices=CENTERS,
+                     help="SimpleShot's centring: the unlabeled pool's mean embedding or the support mean")
+    few.add_argument("--device", default="cpu", help="torch device of the encoder and heads (default: cpu)")
+    few.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
     return parser
+
+
+def _fewshot(args: argparse.Namespace, extra: Sequence[str]) -> None:
+    path = args.config if args.config is not None else run_config_path(args.checkpoint)
+    config = load_config("unfused", path, _overrides(extra))
+    print(f"[fewlabel] config: {path if path is not None else 'packaged digits defaults'}", flush=True)
+    result = run_fewshot(args.checkpoint, config, heads=args.head, n_way=args.ways, shots=args.shots,
+                         n_query=args.queries, num_episodes=args.episodes, seed=args.seed, split=args.split,
+                         encoder=args.encoder, center=args.center, device=args.device)
+    print(format_fewshot_table(result), flush=True)
+    print(f"[fewlabel] {result['seconds']:.1f} s", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     try:
+        if args.command == "fewshot":
+            _fewshot(args, extra)
+            return 0
         config = load_config(args.recipe, args.config, _overrides(extra))
         from fewlabel.plugins.recipes.unfused import run_unfused
 

@@ -351,8 +351,8 @@ def test_contract_is_checked() -> None:
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: KNNEvaluator(k=0), "KNNEvaluator: k must be an integer >= 1"),
-        (lambda: KNNEvaluator(k=2.0), "k must be an integer >= 1"),
+        (lambda: KNNEvaluator(k=0), "KNNEvaluator: k must be an int >= 1"),
+        (lambda: KNNEvaluator(k=2.0), "k must be an int >= 1"),
         (lambda: KNNEvaluator(temperature=0.0), "temperature must be a finite float > 0"),
         (lambda: KNNEvaluator(every_n_epochs=0), "every_n_epochs must be an int >= 1"),
         (lambda: KNNEvaluator(eval_on_fit_end=1), "eval_on_fit_end must be True or False"),

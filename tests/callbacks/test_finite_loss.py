@@ -52,5 +52,5 @@ def test_without_the_guard_the_weights_turn_nan_and_every_n_steps_thins_checks(t
     assert not all(torch.isfinite(p).all() for p in module.parameters())
     guard = FiniteLossGuard(every_n_steps=2)
     assert [guard.should_check(s) for s in range(4)] == [True, False, True, False]
-    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1"):
         FiniteLossGuard(every_n_steps=0)

@@ -173,9 +173,9 @@ def test_monitor_errors_are_named() -> None:
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: SeparabilityMonitor(k=0), "SeparabilityMonitor: k must be an integer >= 1"),
-        (lambda: SeparabilityMonitor(num_clusters=1), "num_clusters must be an integer >= 2"),
-        (lambda: SeparabilityMonitor(max_rows=3), "max_rows must be None .* or an integer >= max"),
+        (lambda: SeparabilityMonitor(k=0), "SeparabilityMonitor: k must be an int >= 1"),
+        (lambda: SeparabilityMonitor(num_clusters=1), "num_clusters must be an int >= 2"),
+        (lambda: SeparabilityMonitor(max_rows=3), "max_rows must be None .* or an int >= max"),
         (lambda: SeparabilityMonitor(seed=-1), "SeparabilityMonitor: seed must be an int >= 0"),
         (lambda: SeparabilityMonitor(every_n_epochs=0), "every_n_epochs must be an int >= 1 or None"),
         (lambda: SeparabilityMonitor(every_n_epochs=None), "would never evaluate; pass every_n_epochs"),

@@ -102,3 +102,35 @@ def test_bn_eval_also_holds_the_log_mel_running_normaliser() -> None:
     module.train()
     assert module.encoder.frontend.norm.training is False
     assert module.head.training and module.encoder.fc.training
+
+
+class _Modes(L.Callback):
+    """(encoder modules in train mode, BatchNorm layers in train mode) at each training batch."""
+
+    def __init__(self) -> None:
+        self.modes: list[tuple[bool, bool]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        bns = _bn_layers(pl_module.encoder)
+        others = [m for m in pl_module.encoder.modules() if m not in bns]
+        self.modes.append((all(m.training for m in others), any(bn.training for bn in bns)))
+
+
+def test_lp_ft_with_bn_eval_and_ssf_hold_batchnorm_after_the_probe(tmp_path: Path) -> None:
+    """The probe runs the whole encoder in eval mode; fine-tuning then trains it, BatchNorm held by bn_eval
+    (LP-FT) or by SSF (whose backbone, statistics included, is frozen)."""
+    dm = DigitsDataModule(labels_per_class=3, batch_size=16)
+    dm.setup("fit")
+    for kwargs in ({"lp_steps": 2, "bn_eval": True}, {"lp_steps": 2, "peft": "ssf"}, {"lp_steps": 2}):
+        torch.manual_seed(0)
+        module = Classifier({"name": "small_cnn", "width": 4}, num_classes=dm.num_classes, lr=0.01, **kwargs)
+        stats = [bn.running_mean.clone() for bn in _bn_layers(module.encoder)]
+        modes = _Modes()
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                            default_root_dir=tmp_path, callbacks=[modes])
+        trainer.fit(module, train_dataloaders=dm.labeled_dataloader())
+        held = kwargs.get("bn_eval", False) or "peft" in kwargs
+        assert modes.modes == [(False, False)] * 2 + [(True, not held)] * 2, kwargs
+        moved = not all(torch.equal(s, bn.running_mean) for s, bn in zip(stats, _bn_layers(module.encoder)))
+        assert moved is not held, kwargs

@@ -88,7 +88,7 @@ def test_pca_dim_fallback_for_small_d_and_n() -> None:
     ("x", "k", "match"),
     [
         (np.zeros((4, 3)), 5, r"k=5 .* N=4"),
-        (np.zeros((4, 3)), 0, "k must be an integer >= 1"),
+        (np.zeros((4, 3)), 0, "k must be an int >= 1"),
         (np.zeros(12), 2, "2-D"),
         (np.zeros((0, 3)), 1, "empty"),
         (np.array([[0.0, np.nan], [np.inf, 1.0], [1.0, 2.0]]), 2, "2 non-finite"),
@@ -197,7 +197,7 @@ def test_every_row_gives_the_same_result_as_none() -> None:
 def test_max_train_rows_validation(value: Any, match: str) -> None:
     x = np.random.default_rng(0).normal(size=(20, 4))
     for fn in (kmeans, cluster_embeddings):
-        with pytest.raises(ValueError, match=f"max_train_rows must be an integer {match} .* or None"):
+        with pytest.raises(ValueError, match=f"max_train_rows must be an int {match} .* or None"):
             fn(x, 3, max_train_rows=value)
 
 

@@ -99,9 +99,9 @@ def test_multicrop_draws_from_the_global_generator() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_global": 0}, "num_global must be an integer >= 1"),
-        ({"num_local": -1}, "num_local must be an integer >= 0"),
-        ({"num_local": 1.5}, "num_local must be an integer"),
+        ({"num_global": 0}, "num_global must be an int >= 1"),
+        ({"num_local": -1}, "num_local must be an int >= 0"),
+        ({"num_local": 1.5}, "num_local must be an int"),
         ({"global_scale": (0.5, 1.2)}, r"global_scale must be a range \(lo, hi\) with 0 < lo <= hi <= 1"),
         ({"local_scale": (0.4, 0.05)}, "local_scale must be a range"),
         ({"ratio": (0.0, 1.0)}, "ratio must be a range"),

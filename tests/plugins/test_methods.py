@@ -190,7 +190,7 @@ def test_deepcluster_v2_resume_matches_uninterrupted(digits: DigitsDataModule, t
 def test_deepcluster_v2_validation() -> None:
     with pytest.raises(ValueError, match="exceeds"):
         DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=5, num_prototypes=[10])
-    with pytest.raises(ValueError, match=r"max_train_rows must be an integer >= 30 .* or None"):
+    with pytest.raises(ValueError, match=r"max_train_rows must be an int >= 30 .* or None"):
         DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50, max_train_rows=20)
     with pytest.raises(ValueError, match="init_memory_train_mode must be True or False"):
         DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=50,

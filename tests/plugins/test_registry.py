@@ -55,7 +55,8 @@ def test_every_family_offers_create_and_list() -> None:
     from fewlabel.plugins.recipes import create_datamodule, list_datamodules
     from fewlabel.plugins.recipes.build import DATAMODULES
 
-    assert list_heads() == HEADS.names() == ["aux_head", "dino_head", "linear", "projection_mlp"]
+    assert list_heads() == HEADS.names() == ["aux_head", "bd_cspn", "dino_head", "gda", "linear", "logistic",
+                                             "projection_mlp", "protonet", "simpleshot"]
     assert list_optimizers() == OPTIMIZERS.names() == ["adam", "adamw", "sgd"]
     assert list_datamodules() == DATAMODULES.names() == ["audio_folder", "digits", "image_folder"]
     assert list_methods() == METHODS.names()
@@ -81,7 +82,7 @@ def test_every_family_offers_create_and_list() -> None:
 
 
 @pytest.mark.parametrize(("family", "name", "message"), [
-    ("head", "dino", r"unknown head 'dino' \(did you mean 'dino_head'\?\); choose one of \['aux_head', 'dino_head'"),
+    ("head", "dino", r"unknown head 'dino' \(did you mean 'dino_head'\?\); choose one of \[.aux_head., .bd_cspn., .dino_head."),
     ("head", "linaer", r"unknown head 'linaer' \(did you mean 'linear'\?\)"),
     ("method", "simclrr", r"unknown method 'simclrr' \(did you mean 'simclr'\?\); choose one of \["),
     ("optimizer", "adamm",
@@ -107,4 +108,4 @@ def test_a_head_name_is_taken_once() -> None:
 
     with pytest.raises(ValueError, match="head 'linear' is already registered"):
         register_head("linear")(nn.Linear)
-    assert "linear" in HEADS and len(HEADS) == 4
+    assert "linear" in HEADS and len(HEADS) == 9

@@ -108,11 +108,11 @@ def test_sparse_and_dense_spectra_agree() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 0}, r"k must be an integer >= 1 \(neighbours per row\), got 0"),
-        ({"k": 2.0}, "k must be an integer >= 1"),
-        ({"num_clusters": 1}, r"num_clusters must be an integer >= 2 \(the expected number of classes\)"),
-        ({"num_clusters": True}, "num_clusters must be an integer >= 2"),
-        ({"max_rows": 5}, r"max_rows must be None \(score every row\) or an integer >= max\(k \+ 1, "
+        ({"k": 0}, r"k must be an int >= 1 \(neighbours per row\), got 0"),
+        ({"k": 2.0}, "k must be an int >= 1"),
+        ({"num_clusters": 1}, r"num_clusters must be an int >= 2 \(the expected number of classes\)"),
+        ({"num_clusters": True}, "num_clusters must be an int >= 2"),
+        ({"max_rows": 5}, r"max_rows must be None \(score every row\) or an int >= max\(k \+ 1, "
                           r"num_clusters\) = 11"),
         ({"k": 40}, r"k=40 neighbours need at least k \+ 1 = 41 rows, got N=40"),
         ({"k": 3, "num_clusters": 41}, "num_clusters=41 is larger than the number of rows N=40"),
@@ -132,6 +132,6 @@ def test_bad_arrays_are_named() -> None:
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="embeddings has 1 non-finite values"):
         separability_score(x)
-    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
         check_separability_args(-1, 10)
     check_separability_args(10, 10, None)
