@@ -14,6 +14,7 @@ from fewlabel.callbacks.eval import (
 from fewlabel.callbacks.finite_loss import FiniteLossGuard
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
 from fewlabel.callbacks.rng_state import RNGStateKeeper
+from fewlabel.callbacks.tta import TestTimeAdaptation
 
 __all__ = [
     "EMATeacher",
@@ -26,4 +27,5 @@ __all__ = [
     "PseudoLabeler",
     "RNGStateKeeper",
     "SeparabilityMonitor",
+    "TestTimeAdaptation",
 ]

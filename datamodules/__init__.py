@@ -11,14 +11,28 @@ from fewlabel.datamodules.audio_folder import AudioFileDataset, AudioFolderDataM
 from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
 from fewlabel.datamodules.budget import label_budget_split, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset, SampleView, SubsetDataset, collate_dict
+from fewlabel.datamodules.corruptions import (
+    AUDIO_CORRUPTIONS,
+    IMAGE_CORRUPTIONS,
+    SEVERITIES,
+    CorruptedDataModule,
+    CorruptedDataset,
+    CorruptedView,
+    Corruption,
+)
 from fewlabel.datamodules.digits import DigitsDataModule
 from fewlabel.datamodules.episodes import EpisodeSampler
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule, scan_class_folders
 from fewlabel.datamodules.image_folder import ImageFileDataset, ImageFolderDataModule
 
 __all__ = [
+    "AUDIO_CORRUPTIONS",
     "AudioFileDataset",
     "AudioFolderDataModule",
+    "CorruptedDataModule",
+    "CorruptedDataset",
+    "CorruptedView",
+    "Corruption",
     "DatasetSplits",
     "DigitsDataModule",
     "EpisodeSampler",
@@ -26,9 +40,11 @@ __all__ = [
     "FewLabelDataset",
     "FileDataset",
     "FolderDataModule",
+    "IMAGE_CORRUPTIONS",
     "ImageFileDataset",
     "ImageFolderDataModule",
     "InMemoryDataset",
+    "SEVERITIES",
     "SampleView",
     "SubsetDataset",
     "collate_dict",

@@ -20,6 +20,7 @@ PACKAGES = [
     "fewlabel.plugins.losses",
     "fewlabel.plugins.methods",
     "fewlabel.plugins.optim",
+    "fewlabel.plugins.tta",
     "fewlabel.plugins.recipes",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import fewlabel.datamodules as datamodules
 
@@ -18,8 +19,8 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 
 def test_datamodules_do_not_import_plugins_or_callbacks() -> None:
-    for name in datamodules.__all__:
-        module = inspect.getmodule(getattr(datamodules, name))
-        assert module is not None
-        source = inspect.getsource(module)
-        assert "fewlabel.plugins" not in source and "fewlabel.callbacks" not in source
+    files = sorted(Path(datamodules.__file__).parent.glob("*.py"))
+    assert len(files) > 5
+    for path in files:
+        source = path.read_text()
+        assert "fewlabel.plugins" not in source and "fewlabel.callbacks" not in source, path.name

@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
                                "chance:"]),
         ("loop_overhead.py", ["fit_steps_per_s", "steady_steps_per_s", "throughput_ratio_fit:",
                               "throughput_ratio_steady:", "max_param_diff:"]),
+        ("tta_digits.py", ["mean sev 3-5", "target_tent_eata_sar_improve_mean_sev3_5:", "wall_time_s:"]),
         ("finetune_variants.py", ["plain", "greedy-soup", "lp-ft", "ssf", "wall_time_s:"]),
     ],
 )
