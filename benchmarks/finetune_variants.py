@@ -19,8 +19,10 @@ recipe's ``finetune_runs``), so the ``plain`` arm repeats the recipe's stage-4 r
   validation accuracy of the average does not drop (the paper's Recipe 1). A soup costs 8 fine-tunes.
 * ``swa``: the recipe's fine-tune with Lightning's own ``WeightAveraging`` callback (stochastic weight
   averaging of parameters and buffers over the second half of the optimizer steps), a within-run average.
-* ``lp-ft`` (arXiv 2202.10054): ``Classifier(lp_steps=...)``; a linear probe of ``E`` extra epochs, then
-  the recipe's fine-tune from the probe's head (the fine-tuning phase has the recipe's number of steps).
+* ``lp-ft`` (arXiv 2202.10054): ``Classifier(lp_steps=...)``; a linear probe of ``E`` epochs' worth of
+  extra optimizer steps (``E`` x steps per epoch of the draw), then the recipe's fine-tune from the probe's
+  head (the fine-tuning phase has the recipe's number of steps, whether it counts ``max_epochs`` or
+  ``max_steps``).
   ``E`` in ``{25, 100}`` and the encoder-lr scale in ``{recipe scale, 3 x recipe scale}`` are chosen on
   the validation split.
 * ``ssf`` (arXiv 2210.08823): ``Classifier(peft="ssf")``: only per-channel scales/shifts after every
@@ -35,10 +37,14 @@ the draws, and each row is compared with ``plain`` draw by draw: ``delta`` is th
 difference, ``w/t/l`` the wins/ties/losses, and ``beats plain`` is ``yes`` when the 95 % t-interval of
 the paired difference lies above 0, ``worse`` when below, ``n.s.`` otherwise.
 
-Torch runs on ``num_threads`` of the run's config (1 for the digits run), as the recipe did.
+Torch runs on ``num_threads`` of the run's config (1 for the digits run; unset: torch's default), as
+the recipe did. ``--arms`` runs a subset (``plain`` always; the soups and ``plain:val-best`` share the 8
+ingredients, without them only the recipe's own run is trained) and ``--max-settings N`` keeps the first
+``N`` settings of the ``lp-ft`` and ``ssf`` grids, for runs whose fine-tunes are slow (spoken digits).
 
     python benchmarks/finetune_variants.py --run runs/unfused           # 1/5/10 labels x draws 0-4
     python benchmarks/finetune_variants.py --run runs/unfused --quick   # 1 budget, 2 draws, 10 epochs
+    python benchmarks/finetune_variants.py --run runs/aud --arms plain lp-ft ssf --max-settings 1
 """
 
 from __future__ import annotations
@@ -129,15 +135,33 @@ class Bench:
             self.student = build_encoder(self.config["student"]["encoder"])
         self.val = _tensors(self.dm.val_dataloader())
         self.test = _tensors(self.dm.test_dataloader())
-        self.epochs = int((self.spec.get("trainer") or {}).get("max_epochs", 1))
 
     def steps_per_epoch(self, data: FewLabelDataModule) -> int:
         return len(data.labeled_dataloader())
 
-    def finetune(self, k: int, draw: int, *, train_seed: int | None = None, extra_epochs: int = 0,
+    def fit_steps(self, data: FewLabelDataModule) -> int:
+        """Optimizer steps of the recipe's fine-tune on ``data``, as Lightning counts them: ``max_steps``
+        and ``max_epochs`` x steps per epoch, whichever ends the fit first (an unset ``max_epochs`` is
+        Lightning's default: unbounded with ``max_steps``, else 1000)."""
+        trainer = self.spec.get("trainer") or {}
+        max_steps = int(trainer.get("max_steps", -1))
+        max_epochs = trainer.get("max_epochs")
+        max_epochs = int(max_epochs) if max_epochs is not None else (-1 if max_steps > 0 else 1000)
+        by_epochs = max_epochs * self.steps_per_epoch(data) if max_epochs >= 0 else None
+        if max_steps > 0:
+            return max_steps if by_epochs is None else min(max_steps, by_epochs)
+        if by_epochs is None:
+            raise SystemExit("the run's finetune.trainer sets neither max_steps nor max_epochs >= 0: no fixed length")
+        return by_epochs
+
+    def finetune(self, k: int, draw: int, *, train_seed: int | None = None, extra_steps: int = 0,
                  callbacks: Callable[[FewLabelDataModule], list[L.Callback]] | None = None,
                  **module: Any) -> Classifier:
-        """The recipe's ``_finetune_one`` for the method ``unfused``, with ``module`` overrides."""
+        """The recipe's ``_finetune_one`` for the method ``unfused``, with ``module`` overrides.
+
+        ``extra_steps`` (LP-FT's probe) lengthens the fit by that many optimizer steps on top of the
+        recipe's :meth:`fit_steps`, whether the recipe counts epochs or steps.
+        """
         data = self.dm.with_labels(k, draw)
         L.seed_everything(draw, workers=True, verbose=False)  # as the recipe: before the head is initialised
         spec_module = {**(self.spec.get("module") or {}), **module}
@@ -147,8 +171,8 @@ class Bench:
         if train_seed is not None and train_seed != draw:
             L.seed_everything(train_seed, workers=True, verbose=False)  # another data order / augmentation draw
         stage_trainer = dict(self.spec.get("trainer") or {})
-        if extra_epochs:
-            stage_trainer["max_epochs"] = self.epochs + extra_epochs
+        if extra_steps:
+            stage_trainer.update(max_epochs=-1, max_steps=self.fit_steps(data) + extra_steps)
         trainer = make_trainer(self.config, stage_trainer, logger=False, progress=False, checkpoint=False,
                                callbacks=callbacks(data) if callbacks else [])
         trainer.fit(clf, train_dataloaders=data.labeled_dataloader())
@@ -158,83 +182,101 @@ class Bench:
         return accuracy(module, self.val), accuracy(module, self.test)
 
 
-def grids(base_lr: float, base_scale: float, quick: bool) -> dict[str, list[dict[str, Any]]]:
-    """The settings each arm chooses from on the validation split (the recipe's first)."""
+ARMS = ["plain", "plain:val-best", "uniform-soup", "greedy-soup", "swa", "lp-ft", "ssf"]
+INGREDIENT_ARMS = ("plain:val-best", "uniform-soup", "greedy-soup")  # need every soup ingredient
+CHOSEN_ARMS = ("lp-ft", "ssf")  # choose their setting on the validation split
+
+
+def grids(base_lr: float, base_scale: float, quick: bool,
+          max_settings: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The settings each arm chooses from on the validation split (the recipe's first).
+
+    ``max_settings`` keeps only the first that many settings of the ``lp-ft`` and ``ssf`` grids (the
+    soup ingredients are not cut: a soup of fewer is another method).
+    """
     base_lr, base_scale = float(base_lr), float(base_scale)
     low_lr, high_lr, high_scale = round(base_lr / 3, 8), round(3 * base_lr, 8), round(3 * base_scale, 8)
     if quick:
-        return {"ingredients": [{"lr": base_lr, "encoder_lr_scale": base_scale, "train_seed": 0},
+        grid = {"ingredients": [{"lr": base_lr, "encoder_lr_scale": base_scale, "train_seed": 0},
                                 {"lr": low_lr, "encoder_lr_scale": high_scale, "train_seed": 100}],
                 "lp-ft": [{"lp_epochs": 5, "encoder_lr_scale": base_scale}],
                 "ssf": [{"lr": base_lr, "encoder_lr_scale": 1.0}]}
-    return {
-        "ingredients": [{"lr": lr, "encoder_lr_scale": scale, "train_seed": seed}
-                        for seed in (0, 100) for lr in (base_lr, low_lr) for scale in (base_scale, high_scale)],
-        "lp-ft": [{"lp_epochs": e, "encoder_lr_scale": s} for e in (25, 100) for s in (base_scale, high_scale)],
-        "ssf": [{"lr": lr, "encoder_lr_scale": s} for lr in (base_lr, high_lr) for s in (1.0, 10.0)],
-    }
+    else:
+        grid = {
+            "ingredients": [{"lr": lr, "encoder_lr_scale": scale, "train_seed": seed}
+                            for seed in (0, 100) for lr in (base_lr, low_lr) for scale in (base_scale, high_scale)],
+            "lp-ft": [{"lp_epochs": e, "encoder_lr_scale": s} for e in (25, 100) for s in (base_scale, high_scale)],
+            "ssf": [{"lr": lr, "encoder_lr_scale": s} for lr in (base_lr, high_lr) for s in (1.0, 10.0)],
+        }
+    if max_settings is not None:
+        grid.update({arm: grid[arm][:max_settings] for arm in CHOSEN_ARMS})
+    return grid
 
 
-def run_budget(bench: Bench, k: int, draws: list[int], grid: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Every arm at one label budget: ``{arm: {"val": [...], "test": [...], "setting": ...}}`` (one entry per draw)."""
+def _append(out: dict[str, dict[str, Any]], arm: str, val: float, test: float, **extra: Any) -> None:
+    row = out.setdefault(arm, {"val": [], "test": [], **{key: [] for key in extra}})
+    row["val"].append(val)
+    row["test"].append(test)
+    for key, value in extra.items():
+        row[key].append(value)
+
+
+def run_budget(bench: Bench, k: int, draws: list[int], grid: dict[str, list[dict[str, Any]]],
+               arms: list[str] = ARMS) -> dict[str, Any]:
+    """The ``arms`` (``plain`` always) at one label budget: ``{arm: {"val": [...], "test": [...], "setting": ...}}``
+    (one entry per draw)."""
     out: dict[str, dict[str, Any]] = {}
-    per_setting: dict[str, list[list[tuple[float, float]]]] = {"lp-ft": [], "ssf": []}
+    per_setting: dict[str, list[list[tuple[float, float]]]] = {arm: [] for arm in CHOSEN_ARMS if arm in arms}
+    # soup ingredients, the first being the recipe's own run (train_seed 0 = the draw seed) = plain
+    ingredients = grid["ingredients"] if any(arm in arms for arm in INGREDIENT_ARMS) else grid["ingredients"][:1]
     for draw in draws:
-        # soup ingredients, the first being the recipe's own run (train_seed 0 = the draw seed)
+        data = bench.dm.with_labels(k, draw)
         models, ingredient_scores = [], []
-        for setting in grid["ingredients"]:
-            seed = draw + setting["train_seed"]
-            clf = bench.finetune(k, draw, train_seed=seed, lr=setting["lr"],
+        for setting in ingredients:
+            clf = bench.finetune(k, draw, train_seed=draw + setting["train_seed"], lr=setting["lr"],
                                  encoder_lr_scale=setting["encoder_lr_scale"])
             models.append(clf)
             ingredient_scores.append(bench.scores(clf))
-        out.setdefault("plain", {"val": [], "test": []})
-        out["plain"]["val"].append(ingredient_scores[0][0])
-        out["plain"]["test"].append(ingredient_scores[0][1])
-        best = max(range(len(models)), key=lambda i: (ingredient_scores[i][0], -i))
-        out.setdefault("plain:val-best", {"val": [], "test": [], "chosen": []})
-        out["plain:val-best"]["val"].append(ingredient_scores[best][0])
-        out["plain:val-best"]["test"].append(ingredient_scores[best][1])
-        out["plain:val-best"]["chosen"].append(best)
+        _append(out, "plain", *ingredient_scores[0])
+        line = [f"plain {ingredient_scores[0][1]:.4f}"]
+        if "plain:val-best" in arms:
+            best = max(range(len(models)), key=lambda i: (ingredient_scores[i][0], -i))
+            _append(out, "plain:val-best", *ingredient_scores[best], chosen=best)
+        if "uniform-soup" in arms or "greedy-soup" in arms:
+            template = copy.deepcopy(models[0])
 
-        template = copy.deepcopy(models[0])
+            def evaluate(state: dict[str, torch.Tensor], split: tuple[torch.Tensor, torch.Tensor] = bench.val) -> float:
+                template.load_state_dict(state)
+                return accuracy(template, split)
 
-        def evaluate(state: dict[str, torch.Tensor], split: tuple[torch.Tensor, torch.Tensor] = bench.val) -> float:
-            template.load_state_dict(state)
-            return accuracy(template, split)
-
-        states = [m.state_dict() for m in models]
-        uniform = uniform_soup(states)
-        out.setdefault("uniform-soup", {"val": [], "test": []})
-        out["uniform-soup"]["val"].append(evaluate(uniform))
-        out["uniform-soup"]["test"].append(evaluate(uniform, bench.test))
-        greedy = greedy_soup(states, evaluate, scores=[s[0] for s in ingredient_scores])
-        out.setdefault("greedy-soup", {"val": [], "test": [], "ingredients": []})
-        out["greedy-soup"]["val"].append(greedy.score)
-        out["greedy-soup"]["test"].append(evaluate(greedy.state_dict, bench.test))
-        out["greedy-soup"]["ingredients"].append(greedy.ingredients)
-
-        spe = bench.steps_per_epoch(bench.dm.with_labels(k, draw))
-        swa = bench.finetune(k, draw, callbacks=lambda data: [SecondHalfSWA(start=bench.epochs * spe // 2)])
-        val, test = bench.scores(swa)
-        out.setdefault("swa", {"val": [], "test": []})
-        out["swa"]["val"].append(val)
-        out["swa"]["test"].append(test)
-
-        for arm in ("lp-ft", "ssf"):
+            states = [m.state_dict() for m in models]
+            if "uniform-soup" in arms:
+                uniform = uniform_soup(states)
+                _append(out, "uniform-soup", evaluate(uniform), evaluate(uniform, bench.test))
+            if "greedy-soup" in arms:
+                greedy = greedy_soup(states, evaluate, scores=[s[0] for s in ingredient_scores])
+                _append(out, "greedy-soup", greedy.score, evaluate(greedy.state_dict, bench.test),
+                        ingredients=greedy.ingredients)
+                line.append(f"greedy soup {out['greedy-soup']['test'][-1]:.4f} ({len(greedy.ingredients)} ingredients)")
+        if "swa" in arms:  # averages over the second half of the recipe's optimizer steps
+            swa = bench.finetune(k, draw, callbacks=lambda d: [SecondHalfSWA(start=bench.fit_steps(d) // 2)])
+            _append(out, "swa", *bench.scores(swa))
+            line.append(f"swa {out['swa']['test'][-1]:.4f}")
+        spe = bench.steps_per_epoch(data)
+        for arm in per_setting:
             row = []
             for setting in grid[arm]:
                 if arm == "lp-ft":
-                    clf = bench.finetune(k, draw, extra_epochs=setting["lp_epochs"],
-                                         lp_steps=setting["lp_epochs"] * spe,
+                    lp_steps = setting["lp_epochs"] * spe
+                    clf = bench.finetune(k, draw, extra_steps=lp_steps, lp_steps=lp_steps,
                                          encoder_lr_scale=setting["encoder_lr_scale"])
                 else:
                     clf = bench.finetune(k, draw, peft="ssf", lr=setting["lr"],
                                          encoder_lr_scale=setting["encoder_lr_scale"])
                 row.append(bench.scores(clf))
             per_setting[arm].append(row)
-        print(f"  {k} labels/class, draw {draw}: plain {ingredient_scores[0][1]:.4f}  "
-              f"greedy soup {out['greedy-soup']['test'][-1]:.4f} ({len(greedy.ingredients)} ingredients)", flush=True)
+            line.append(f"{arm} " + "/".join(f"{test:.4f}" for _, test in row))
+        print(f"  {k} labels/class, draw {draw}: " + ", ".join(line), flush=True)
     for arm, rows in per_setting.items():  # choose the setting on the mean validation accuracy over draws
         settings = grid[arm]
         means = [float(np.mean([rows[d][s][0] for d in range(len(draws))])) for s in range(len(settings))]
@@ -259,14 +301,11 @@ def compare(test: list[float], plain: list[float]) -> dict[str, Any]:
             "losses": int((diff < -1e-9).sum()), "beats_plain": verdict}
 
 
-ARMS = ["plain", "plain:val-best", "uniform-soup", "greedy-soup", "swa", "lp-ft", "ssf"]
-
-
 def format_table(results: dict[int, dict[str, Any]]) -> str:
     lines = [f"{'labels/class':>12} {'arm':<15} {'test acc (%)':>15} {'val acc (%)':>12} {'delta (pts)':>14} "
              f"{'w/t/l':>7} {'beats plain':>11}  setting"]
     for k, arms in results.items():
-        for arm in ARMS:
+        for arm in (arm for arm in ARMS if arm in arms):
             r = arms[arm]
             test, val = 100 * np.array(r["test"]), 100 * np.array(r["val"])
             std = test.std(ddof=1) if len(test) > 1 else 0.0
@@ -286,8 +325,15 @@ def main() -> None:
     parser.add_argument("--labels-per-class", type=int, nargs="+", default=None, help="default: the run's budgets")
     parser.add_argument("--draws", type=int, nargs="+", default=None, help="label draws (seeds); default: the run's")
     parser.add_argument("--quick", action="store_true", help="1 label/class, 2 draws, 10 epochs, small grids")
-    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS,
+                        help="the arms to run (plain, the baseline, always runs); default: all")
+    parser.add_argument("--max-settings", type=int, default=None,
+                        help="keep the first N settings of the lp-ft and ssf grids (the recipe's first); default: all")
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here (after each budget)")
     args = parser.parse_args()
+    if args.max_settings is not None and args.max_settings < 1:
+        parser.error(f"--max-settings must be an int >= 1, got {args.max_settings}")
+    arms = [arm for arm in ARMS if arm == "plain" or arm in args.arms]
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     start = time.perf_counter()
@@ -296,26 +342,34 @@ def main() -> None:
     budgets = args.labels_per_class or ([1] if args.quick else list(cfg["labels_per_class"]))
     draws = args.draws or ([0, 1] if args.quick else list(cfg["seeds"]))
     module = bench.spec.get("module") or {}
-    grid = grids(float(module.get("lr", 1e-3)), float(module.get("encoder_lr_scale", 1.0)), args.quick)
+    grid = grids(float(module.get("lr", 1e-3)), float(module.get("encoder_lr_scale", 1.0)), args.quick,
+                 args.max_settings)
     print(f"student: {args.run / 'student' / 'final.ckpt'}; fine-tune settings: {json.dumps(bench.spec)}")
     print(f"budgets {budgets}, draws {draws}; validation {len(bench.val[1])} samples, test {len(bench.test[1])}")
+    print(f"arms {arms}; grids {json.dumps({arm: grid[arm] for arm in CHOSEN_ARMS if arm in arms})}", flush=True)
     results: dict[int, dict[str, Any]] = {}
     for k in budgets:
-        results[k] = run_budget(bench, k, draws, grid)
-        for arm in ARMS:
+        results[k] = run_budget(bench, k, draws, grid, arms)
+        for arm in arms:
             results[k][arm]["vs_plain"] = compare(results[k][arm]["test"], results[k]["plain"]["test"])
+        if args.output:
+            args.output.write_text(json.dumps({"results": results, "arms": arms, "grid": grid}, indent=2))
     stored = args.run / "results.json"
     if stored.exists() and not args.quick:
         recipe = {(r["labels_per_class"], r["seed"]): r["test_accuracy"]
                   for r in json.loads(stored.read_text())["runs"] if r["method"] == "unfused"}
-        same = all(abs(recipe.get((k, d), -1.0) - results[k]["plain"]["test"][i]) < 1e-6
-                   for k in budgets for i, d in enumerate(draws))
-        print(f"plain arm equals the recipe's results.json test accuracies: {same}")
+        differ = [(k, d, results[k]["plain"]["test"][i], recipe.get((k, d)))
+                  for k in budgets for i, d in enumerate(draws)
+                  if abs(recipe.get((k, d), -1.0) - results[k]["plain"]["test"][i]) >= 1e-6]
+        print(f"plain arm equals the recipe's results.json test accuracies: {not differ}")
+        for k, d, ours, theirs in differ:
+            print(f"  {k} labels/class, draw {d}: plain {ours:.4f}, results.json {theirs}")
     print(format_table(results))
     wall = time.perf_counter() - start
     print(f"wall_time_s: {wall:.0f}")
     if args.output:
-        args.output.write_text(json.dumps({"results": results, "wall_time_s": wall, "grid": grid}, indent=2))
+        args.output.write_text(json.dumps({"results": results, "arms": arms, "grid": grid, "wall_time_s": wall},
+                                          indent=2))
 
 
 if __name__ == "__main__":
