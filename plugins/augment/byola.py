@@ -55,7 +55,10 @@ class MixupBYOLA(nn.Module):
         check_int("memory_size", memory_size, 1, owner="MixupBYOLA")
         self.memory_size = memory_size
         self.log_mixup_exp = log_mixup_exp
-        self.register_buffer("memory", torch.empty(0), persistent=False)
+        # Scratch state, not a buffer: it is per process, never checkpointed, and changes size when the
+        # first batch arrives, which buffer averaging (torch's AveragedModel, Lightning's WeightAveraging)
+        # and DDP's buffer broadcast cannot handle. A batch on another device starts a new memory.
+        self.memory = torch.empty(0)
         self._ptr = 0
         self._count = 0
 
