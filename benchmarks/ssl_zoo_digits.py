@@ -1,6 +1,7 @@
 """Every SSL method of the zoo on the digits, under one budget: kNN and linear-probe accuracy with 5 labels/class.
 
 The methods are those of ``METHODS`` except ``byola`` (BYOL with audio views; ``byol`` is here).
+``--data spoken --root DIR`` runs the audio methods on spoken digits instead (see ``AUDIO_METHODS``).
 Each method trains on the unlabeled pool of :class:`~fewlabel.datamodules.DigitsDataModule` (seed 0)
 with the same encoder (``small_cnn``, width 16, 64-d embedding), the same number of epochs, batch 64,
 and the same view augmentation ``BatchImageAugment(scale=(0.8, 1.2), rotation=15, translate=0.12,
@@ -189,12 +190,12 @@ def parse_settings(pairs: list[str], methods: list[str]) -> dict[str, dict[str, 
     return out
 
 
-def parse_lr(pairs: list[str]) -> dict[str, float]:
+def parse_lr(pairs: list[str], methods: list[str]) -> dict[str, float]:
     out = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        if name not in SSL_METHODS or not value:
-            raise SystemExit(f"--lr takes METHOD=VALUE with METHOD in {SSL_METHODS}, got {pair!r}")
+        if name not in methods or not value:
+            raise SystemExit(f"--lr takes METHOD=VALUE with METHOD in {methods}, got {pair!r}")
         out[name] = float(value)
     return out
 
@@ -221,11 +222,11 @@ def main() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    lrs = {**LR_OVERRIDES, **parse_lr(args.lr)}
     overrides = AUDIO_SETTINGS if args.data == "spoken" else SETTING_OVERRIDES
     settings = {m: dict(v) for m, v in overrides.items()}
     spoken = args.data == "spoken"
     all_methods, references = (AUDIO_METHODS, AUDIO_REFERENCES) if spoken else (SSL_METHODS, REFERENCES)
+    lrs = {**LR_OVERRIDES, **parse_lr(args.lr, all_methods)}
     for name, values in parse_settings(args.set, all_methods + ["ema"]).items():
         settings.setdefault(name, {}).update(values)
     ema = settings.pop("ema", None)

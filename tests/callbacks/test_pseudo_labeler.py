@@ -8,7 +8,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers.logger import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,6 +17,7 @@ from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
+from tests.callbacks.trainer_helpers import RecordingLogger, make_trainer
 
 K, PER, DIM = 5, 20, 8
 
@@ -88,40 +88,6 @@ class CountingPseudoLabeler(PseudoLabeler):
         super().run_clustering(trainer, pl_module)
 
 
-class RecordingLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logged: list[dict[str, float]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.logged.append(dict(metrics))
-
-
-def make_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
-    kwargs.setdefault("logger", False)
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kwargs,
-    )
-
-
 def test_public_surface() -> None:
     assert "PseudoLabeler" in fewlabel.callbacks.__all__
 
@@ -139,7 +105,7 @@ def test_labels_filled_and_metrics_logged() -> None:
     assert cb.metrics["pseudo_labels/accuracy"] == 1.0 and cb.metrics["pseudo_labels/ari"] == pytest.approx(1.0)
     assert cb.metrics["pseudo_labels/cluster_size_min"] == PER == cb.metrics["pseudo_labels/cluster_size_max"]
     assert cb.metrics["pseudo_labels/empty_clusters"] == 0
-    assert logger.logged == [cb.metrics]
+    assert [metrics for _, metrics in logger.logged] == [cb.metrics]
 
 
 def test_teacher_is_left_as_given_and_unseen_samples_keep_minus_one() -> None:

@@ -9,11 +9,12 @@ from lightning.pytorch.loggers.logger import Logger
 
 
 class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` call as ``(step, metrics)``."""
+    """Keeps every ``log_metrics`` call as ``(step, metrics)`` and the logged hyperparameters in ``params``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.logged: list[tuple[int | None, dict[str, float]]] = []
+        self.params: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -24,7 +25,7 @@ class RecordingLogger(Logger):
         return 0
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
+        self.params.update(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.logged.append((step, dict(metrics)))

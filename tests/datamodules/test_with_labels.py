@@ -8,10 +8,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from fewlabel.datamodules import DigitsDataModule
+from tests.callbacks.trainer_helpers import RecordingLogger
 
 
 @pytest.fixture
@@ -87,26 +87,6 @@ def test_hparams_are_the_views_own(dm: DigitsDataModule) -> None:
     assert dm.hparams["batch_size"] == 16
 
 
-class _Recorder(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.params: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        self.params.update(params)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
-
 class _Linear(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -124,7 +104,7 @@ class _Linear(L.LightningModule):
 @pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
 def test_a_trainer_logs_the_views_draw(dm: DigitsDataModule, tmp_path: Any) -> None:
     view = dm.with_labels(1, seed=4)
-    logger = _Recorder()
+    logger = RecordingLogger()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                         log_every_n_steps=1)
