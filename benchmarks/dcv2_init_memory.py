@@ -4,7 +4,8 @@ For each seed and mode, runs the UnFuSeD recipe's teacher stage exactly as confi
 ``unfused_digits.yaml`` (``run_teacher``: DeepCluster-v2, SmallCNN width 32, 80 epochs), with only
 ``teacher.module.init_memory_train_mode`` changed, then pseudo-labels the unlabeled training pool as
 stage 2 does (teacher encoder in eval mode, no augmentation, the config's ``pseudo_labels`` section:
-PCA 16 whitening, L2, k-means 20 iterations, 20 restarts) and scores the pseudo-labels against the
+PCA whitening to the width ``pca_dim: auto`` picks on the validation split (a fixed 16 when the figures
+in benchmarks/README.md were measured), L2, k-means 20 iterations, 20 restarts) and scores the pseudo-labels against the
 pool's hidden true labels (the unlabeled training pool, not the test split). One torch thread.
 
     python benchmarks/dcv2_init_memory.py                  # seeds 0 1 2, both modes (~30 s per teacher)
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewlabel.plugins.clustering import cluster_embeddings
+from fewlabel.plugins.clustering import cluster_embeddings, select_pca_dim
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import gather_embeddings
 from fewlabel.plugins.recipes.build import make_datamodule
@@ -42,6 +43,11 @@ def pseudo_label_metrics(config: dict, train_mode: bool, output: Path) -> tuple[
         encoder = run_teacher(config, dm, output, "none").encoder.eval()
     emb = gather_embeddings(encoder, dm.unlabeled_dataloader(train=False), label_key="target")
     pl_cfg = {key: value for key, value in (config.get("pseudo_labels") or {}).items() if key != "num_clusters"}
+    if pl_cfg.get("pca_dim") == "auto":  # as PseudoLabeler: chosen on the labeled validation split
+        val = gather_embeddings(encoder, dm.val_dataloader())
+        settings = {key: value for key, value in pl_cfg.items() if key != "pca_dim"}
+        pl_cfg["pca_dim"], _ = select_pca_dim(emb.embeddings, val.embeddings, val.labels, dm.num_classes,
+                                              seed=config.get("seed", 0), **settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = cluster_embeddings(emb.embeddings, dm.num_classes, seed=config.get("seed", 0), **pl_cfg)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from fewlabel.plugins.arguments import check_int, is_count
-from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, cluster_embeddings
+from fewlabel.plugins.clustering import (
+    KMEANS_MAX_TRAIN_ROWS,
+    PCA_DIM_CANDIDATES,
+    check_max_train_rows,
+    cluster_embeddings,
+    select_pca_dim,
+)
 from fewlabel.plugins.distributed import on_rank_zero_then_broadcast, shard_dataloader
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
@@ -50,7 +57,15 @@ class PseudoLabeler(L.Callback):
             flags are left as they were (the callback does not own it). ``None`` uses ``pl_module.encoder``.
         dataloader: a DataLoader, or a zero-argument callable returning one; ``None`` uses
             ``trainer.datamodule.unlabeled_dataloader(train=False)``.
-        pca_dim: PCA dimension (``None`` = no PCA).
+        pca_dim: PCA dimension (``None`` = no PCA), or ``"auto"``: chosen at every clustering among
+            ``pca_dim_candidates`` on a labeled validation split by
+            :func:`~fewlabel.plugins.clustering.select_pca_dim` (the pool and the validation samples
+            are clustered together, unlabeled; the dimension whose clusters agree best with the
+            validation labels, by NMI, wins). The choice and every score are in :attr:`chosen` and
+            logged as ``pseudo_labels/pca_dim``.
+        pca_dim_candidates: The dimensions ``pca_dim="auto"`` tries (those up to the embedding width).
+        val_dataloader: ``pca_dim="auto"``'s labeled validation loader (labels under ``"label"``), or a
+            zero-argument callable returning one; ``None`` uses ``trainer.datamodule.val_dataloader()``.
         whiten: whiten the PCA components.
         niter: k-means iterations.
         nredo: k-means restarts (best objective kept); 1 as in UnFuSeD.
@@ -72,7 +87,9 @@ class PseudoLabeler(L.Callback):
         num_clusters: int | None = None,
         teacher: nn.Module | None = None,
         dataloader: _Loader | Callable[[], _Loader] | None = None,
-        pca_dim: int | None = 128,
+        pca_dim: int | str | None = 128,
+        pca_dim_candidates: Sequence[int] = PCA_DIM_CANDIDATES,
+        val_dataloader: _Loader | Callable[[], _Loader] | None = None,
         whiten: bool = True,
         niter: int = 20,
         nredo: int = 1,
@@ -84,7 +101,10 @@ class PseudoLabeler(L.Callback):
         super().__init__()
         owner = "PseudoLabeler"
         check_int("num_clusters", num_clusters, 1, "None (use trainer.datamodule.num_classes)", owner=owner)
-        check_int("pca_dim", pca_dim, 1, "None (no PCA)", owner=owner)
+        if pca_dim != "auto":
+            check_int("pca_dim", pca_dim, 1, "None (no PCA) or 'auto' (chosen on a validation split)", owner=owner)
+        if not pca_dim_candidates or not all(is_count(d, 1) for d in pca_dim_candidates):
+            raise ValueError(f"pca_dim_candidates must be a non-empty list of ints >= 1, got {pca_dim_candidates!r}")
         check_int("niter", niter, 1, owner=owner)
         check_int("nredo", nredo, 1, owner=owner)
         check_max_train_rows(max_train_rows)
@@ -98,17 +118,21 @@ class PseudoLabeler(L.Callback):
             raise ValueError(
                 f"teacher must be an nn.Module encoder or None (use pl_module.encoder), got {type(teacher).__name__}"
             )
-        if dataloader is not None and not (callable(dataloader) or hasattr(dataloader, "__iter__")):
-            raise ValueError(
-                "dataloader must be a DataLoader, a zero-argument callable returning one, or None "
-                f"(use trainer.datamodule.unlabeled_dataloader(train=False)); got {type(dataloader).__name__}"
-            )
+        for name, given, default in (("dataloader", dataloader, "unlabeled_dataloader(train=False)"),
+                                     ("val_dataloader", val_dataloader, "val_dataloader()")):
+            if given is not None and not (callable(given) or hasattr(given, "__iter__")):
+                raise ValueError(
+                    f"{name} must be a DataLoader, a zero-argument callable returning one, or None "
+                    f"(use trainer.datamodule.{default}); got {type(given).__name__}"
+                )
         if not isinstance(label_key, str) or not label_key:
             raise ValueError(f"label_key must be a non-empty string, got {label_key!r}")
         self.num_clusters = num_clusters
         self.teacher = teacher
         self.dataloader = dataloader
         self.pca_dim = pca_dim
+        self.pca_dim_candidates = tuple(int(d) for d in pca_dim_candidates)
+        self.val_dataloader = val_dataloader
         self.whiten = whiten
         self.niter = niter
         self.nredo = nredo
@@ -117,6 +141,8 @@ class PseudoLabeler(L.Callback):
         self.recluster_every_n_epochs = recluster_every_n_epochs
         self.label_key = label_key
         self.metrics: dict[str, float] = {}
+        #: What ``pca_dim="auto"`` chose at the last clustering: ``{"pca_dim": d, "val_nmi": {d: score}}``.
+        self.chosen: dict[str, Any] = {}
         self.last_clustered_epoch: int | None = None
 
     # ------------------------------------------------------------------ extension points
@@ -171,24 +197,39 @@ class PseudoLabeler(L.Callback):
         )
         if k > len(emb):  # checked on every rank so none waits on a failed rank 0
             raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
+        val = None
+        if self.pca_dim == "auto":
+            val_loader = shard_dataloader(self._resolve(self.val_dataloader, trainer, "val_dataloader"),
+                                          trainer.world_size, trainer.global_rank)
+            val = gather_embeddings(encoder, val_loader, device=pl_module.device, label_key="label",
+                                    strategy=trainer.strategy)
         dataset = getattr(loader, "dataset", None)
         size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
-        table, metrics = on_rank_zero_then_broadcast(
-            trainer.strategy, lambda: self._cluster(emb, k, size), what="PseudoLabeler: clustering"
+        table, metrics, chosen = on_rank_zero_then_broadcast(
+            trainer.strategy, lambda: self._cluster(emb, k, size, val), what="PseudoLabeler: clustering"
         )
         pl_module.set_pseudo_labels(torch.from_numpy(np.asarray(table, dtype=np.int64)))
-        self.metrics = dict(metrics)
+        self.metrics, self.chosen = dict(metrics), dict(chosen)
         self.last_clustered_epoch = trainer.current_epoch
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
         summary = ", ".join(f"{key.split('/')[-1]}={value:.4g}" for key, value in self.metrics.items())
         rank_zero_info(f"PseudoLabeler: epoch {trainer.current_epoch}, k={k}, {len(emb)} samples: {summary}")
 
-    def _cluster(self, emb: Embeddings, k: int, size: int) -> tuple[np.ndarray, dict[str, float]]:
-        result = cluster_embeddings(
-            emb.embeddings, k, pca_dim=self.pca_dim, whiten=self.whiten, niter=self.niter,
-            nredo=self.nredo, max_train_rows=self.max_train_rows, seed=self.seed,
-        )
+    def _cluster(self, emb: Embeddings, k: int, size: int,
+                 val: Embeddings | None) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
+        settings = {"whiten": self.whiten, "niter": self.niter, "nredo": self.nredo,
+                    "max_train_rows": self.max_train_rows, "seed": self.seed}
+        pca_dim, chosen = self.pca_dim, {}
+        if val is not None:
+            known = val.labels >= 0
+            if not known.any():
+                raise ValueError("PseudoLabeler(pca_dim='auto') needs a labeled validation split: the validation "
+                                 "loader gave no labels (set a validation split, e.g. val_fraction > 0)")
+            pca_dim, scores = select_pca_dim(emb.embeddings, val.embeddings[known], val.labels[known], k,
+                                             self.pca_dim_candidates, **settings)
+            chosen = {"pca_dim": pca_dim, "val_nmi": {str(d): s for d, s in scores.items()}}
+        result = cluster_embeddings(emb.embeddings, k, pca_dim=pca_dim, **settings)
         table = np.full(size, -1, dtype=np.int64)
         table[emb.indices] = result.labels
         metrics: dict[str, float] = {}
@@ -198,7 +239,9 @@ class PseudoLabeler(L.Callback):
         metrics["pseudo_labels/cluster_size_min"] = float(result.sizes.min())
         metrics["pseudo_labels/cluster_size_max"] = float(result.sizes.max())
         metrics["pseudo_labels/empty_clusters"] = float(result.num_empty)
-        return table, metrics
+        if chosen:
+            metrics["pseudo_labels/pca_dim"] = float(pca_dim)
+        return table, metrics, chosen
 
     def _num_clusters(self, trainer: L.Trainer) -> int:
         if self.num_clusters is not None:
@@ -212,22 +255,31 @@ class PseudoLabeler(L.Callback):
         return k
 
     def _resolve_dataloader(self, trainer: L.Trainer) -> _Loader:
-        if self.dataloader is not None:
-            if hasattr(self.dataloader, "__iter__"):
-                return self.dataloader  # type: ignore[return-value]
-            return self.dataloader()  # type: ignore[operator]
-        make = getattr(trainer.datamodule, "unlabeled_dataloader", None)
+        return self._resolve(self.dataloader, trainer, "dataloader")
+
+    @staticmethod
+    def _resolve(given: Any, trainer: L.Trainer, name: str) -> _Loader:
+        """``given`` (a loader or a callable returning one), else the datamodule's loader for ``name``."""
+        if given is not None:
+            return given if hasattr(given, "__iter__") else given()
+        method, kwargs = ("unlabeled_dataloader", {"train": False}) if name == "dataloader" else ("val_dataloader", {})
+        make = getattr(trainer.datamodule, method, None)
+        call = f"{method}({'train=False' if kwargs else ''})"
+        problem = ValueError(f"PseudoLabeler({name}=None) needs trainer.datamodule.{call}; "
+                             f"pass {name}=<DataLoader or zero-argument callable>")
         if make is None:
-            raise ValueError(
-                "PseudoLabeler(dataloader=None) needs trainer.datamodule.unlabeled_dataloader(train=False); "
-                "pass dataloader=<DataLoader or zero-argument callable>"
-            )
-        return make(train=False)
+            raise problem
+        try:
+            return make(**kwargs)
+        except MisconfigurationException as err:  # a LightningDataModule without that loader
+            raise problem from err
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"last_clustered_epoch": self.last_clustered_epoch, "metrics": dict(self.metrics)}
+        return {"last_clustered_epoch": self.last_clustered_epoch, "metrics": dict(self.metrics),
+                "chosen": dict(self.chosen)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_clustered_epoch = state_dict.get("last_clustered_epoch")
         self.metrics = dict(state_dict.get("metrics", {}))
+        self.chosen = dict(state_dict.get("chosen", {}))

@@ -8,7 +8,7 @@ Every datamodule serves dict batches ``{"input", "label", "index"}`` from a labe
 from __future__ import annotations
 
 from fewlabel.datamodules.audio_folder import AudioFileDataset, AudioFolderDataModule, crop_or_pad
-from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
+from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule, SeededShuffle
 from fewlabel.datamodules.budget import label_budget_split, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset, SampleView, SubsetDataset, collate_dict
 from fewlabel.datamodules.corruptions import (
@@ -46,6 +46,7 @@ __all__ = [
     "InMemoryDataset",
     "SEVERITIES",
     "SampleView",
+    "SeededShuffle",
     "SubsetDataset",
     "collate_dict",
     "crop_or_pad",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from fewlabel.datamodules.budget import _check_budget, _check_int, label_budget_split, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, SampleView, SubsetDataset, collate_dict
@@ -280,15 +281,27 @@ class FewLabelDataModule(L.LightningDataModule):
         """Shape of one input (without the batch dimension)."""
         return tuple(self._ready().load(0, train=False).shape)
 
-    def _loader(self, view: SampleView, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, view: SampleView, batch_size: int, shuffle: bool, drop_last: bool = False,
+                seed: int | None = None) -> DataLoader:
+        """``seed``: shuffle with a :class:`SeededShuffle` of that seed (and seed the workers from it)
+        instead of torch's global generator. A sequential loader has a generator of its own too (it
+        seeds only the workers), so an evaluation pass never draws from the global one: adding or
+        removing one (a kNN monitor, a validation split) leaves a training run's random stream as it was."""
+        own = seed is not None and shuffle
+        if own:
+            generator: torch.Generator | None = torch.Generator().manual_seed(_stream_seed(seed, 2))
+        else:
+            generator = None if shuffle else torch.Generator()
         return DataLoader(
             view,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not own,
+            sampler=SeededShuffle(len(view), seed) if own else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_dict,
+            generator=generator,
         )
 
     def labeled_dataloader(self, train: bool = True) -> DataLoader:
@@ -298,6 +311,11 @@ class FewLabelDataModule(L.LightningDataModule):
             train: ``True``: shuffled, training-mode inputs, ``batch_size``, last partial batch kept;
                 with ``labeled_samples_per_epoch`` larger than the draw, the draw is repeated
                 ``ceil(labeled_samples_per_epoch / len(draw))`` times per epoch (then shuffled).
+                The order of epoch ``e`` depends on the draw's ``seed`` and ``e`` alone
+                (:class:`SeededShuffle`), not on torch's global generator: a draw is served in the
+                same order whatever else draws random numbers and after a resume, so fine-tunes of
+                several draws can train together (the recipe's ``ClassifierEnsemble``) and equal
+                separate runs.
                 ``False``: every labeled sample once, sequential, deterministic inputs,
                 ``eval_batch_size`` (a kNN bank, a few-shot support set).
         """
@@ -309,7 +327,7 @@ class FewLabelDataModule(L.LightningDataModule):
         if wanted is not None and 0 < len(positions) < wanted:  # type: ignore[arg-type]
             positions = np.tile(positions, -(-wanted // len(positions)))  # type: ignore[arg-type]
         view = SampleView(self._ready(), positions, train=True)
-        return self._loader(view, self.batch_size, shuffle=True)
+        return self._loader(view, self.batch_size, shuffle=True, seed=self.seed)
 
     def unlabeled_dataloader(self, train: bool = True) -> DataLoader:
         """The whole pool with ``"label"`` = -1 and the true label under ``"target"``.
@@ -344,3 +362,33 @@ class FewLabelDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Same as ``unlabeled_dataloader(train=False)``."""
         return self.unlabeled_dataloader(train=False)
+
+
+def _stream_seed(*key: int) -> int:
+    """A 64-bit seed for the stream ``key`` (apart from the stream ``torch.manual_seed(key[0])`` gives)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0])
+
+
+class SeededShuffle(Sampler[int]):
+    """A permutation of ``range(num_samples)`` per epoch that depends on ``(seed, epoch)`` alone.
+
+    Lightning calls :meth:`set_epoch` before every epoch (also after resuming from a checkpoint), so
+    epoch ``e`` of a fit is served in the same order in a fresh, a resumed and a separate run, and no
+    random number is drawn from torch's global generator. Iterated without ``set_epoch``, the epochs
+    count up from 0 by themselves.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples, self.seed = num_samples, seed
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, 1, self._epoch))
+        self._epoch += 1
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

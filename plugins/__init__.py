@@ -18,7 +18,7 @@ from fewlabel.plugins.augment import (
     create_augment,
     list_augments,
 )
-from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, kmeans, pca_whiten
+from fewlabel.plugins.clustering import ClusterResult, cluster_embeddings, kmeans, pca_whiten, select_pca_dim
 from fewlabel.plugins.encoders import (
     ENCODERS,
     AudioNTT,
@@ -49,6 +49,7 @@ from fewlabel.plugins.gather import Embeddings, gather_embeddings, merge_embeddi
 from fewlabel.plugins.losses import (
     BarlowTwinsLoss,
     DINOLoss,
+    DistillationLoss,
     MultiExitDistillationLoss,
     NegativeCosineSimilarity,
     NTXentLoss,
@@ -76,7 +77,9 @@ from fewlabel.plugins.methods import (
     DINO,
     BarlowTwins,
     Classifier,
+    ClassifierEnsemble,
     DeepClusterV2,
+    KnowledgeDistillation,
     Method,
     PseudoLabelMixin,
     RotNet,
@@ -111,10 +114,12 @@ __all__ = [
     "BatchImageAugment",
     "ByolaAugment",
     "Classifier",
+    "ClassifierEnsemble",
     "ClusterResult",
     "DINO",
     "DINOLoss",
     "DeepClusterV2",
+    "DistillationLoss",
     "EATA",
     "ENCODERS",
     "Embeddings",
@@ -123,6 +128,7 @@ __all__ = [
     "FewShotResult",
     "GDAHead",
     "HEADS",
+    "KnowledgeDistillation",
     "LogMelFrontend",
     "LogisticRegressionHead",
     "METHODS",
@@ -189,6 +195,7 @@ __all__ = [
     "register_optimizer",
     "register_tta",
     "sample_episodes",
+    "select_pca_dim",
     "separability_score",
     "ssf_parameters",
     "uniform_soup",

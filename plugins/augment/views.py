@@ -162,8 +162,9 @@ def make_views(encoder: nn.Module, batch: Mapping[str, Any], augment: nn.Module 
 
 
 # The settings of BYOL's two image views that :class:`BatchImageAugment` expresses and both views
-# share (Grill et al., "Bootstrap Your Own Latent", 2020, arXiv 2006.07733, table 6).
-_BYOL_SHARED = {"hflip": 0.5, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1, "jitter_prob": 0.8,
+# share (Grill et al., "Bootstrap Your Own Latent", 2020, arXiv 2006.07733, table 6), but for the flip:
+# off unless asked for, as every augmentation here that can change a class.
+_BYOL_SHARED = {"hflip": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1, "jitter_prob": 0.8,
                "grayscale": 0.2, "blur_sigma": (0.1, 2.0)}
 # What differs between BYOL's two views (table 6): the probabilities of blur and solarization.
 _BYOL_ASYMMETRIC = ({"blur_prob": 1.0, "solarize_prob": 0.0}, {"blur_prob": 0.1, "solarize_prob": 0.2})
@@ -174,11 +175,12 @@ def byol_views(**common_kwargs: Any) -> ViewPipelines:
 
     View 1 is always blurred and never solarized; view 2 is blurred with probability 0.1 and
     solarized with probability 0.2 (arXiv 2006.07733, table 6). Every other setting is shared: those
-    of table 6 (flip 0.5; colour jitter with probability 0.8 of brightness 0.4, contrast 0.4,
-    saturation 0.2, hue 0.1; grayscale 0.2; blur sigma 0.1-2) updated with ``common_kwargs``.
+    of table 6 (colour jitter with probability 0.8 of brightness 0.4, contrast 0.4, saturation 0.2,
+    hue 0.1; grayscale 0.2; blur sigma 0.1-2) updated with ``common_kwargs``. The paper also flips
+    with probability 0.5; here flips are off unless ``hflip`` is given, since a mirror image changes
+    the class of digits, letters and other chiral shapes (pass ``hflip=0.5`` for natural images).
     Unlike torchvision's ``ColorJitter``, brightness here is an additive offset, and the crop is
-    :class:`BatchImageAugment`'s affine warp (pass ``scale``) rather than a ``RandomResizedCrop``;
-    for digits and text pass ``hflip=0.0``.
+    :class:`BatchImageAugment`'s affine warp (pass ``scale``) rather than a ``RandomResizedCrop``.
 
     Args:
         common_kwargs: :class:`BatchImageAugment` arguments for both views (not ``blur_prob`` or
@@ -192,7 +194,7 @@ def byol_views(**common_kwargs: Any) -> ViewPipelines:
             (the message gives the closest valid one), or an argument is bad.
 
     Example:
-        >>> views = byol_views(hflip=0.0)
+        >>> views = byol_views(hflip=0.5)
         >>> views.num_views, views.pipelines[1].augment.solarize_prob
         (2, 0.2)
     """

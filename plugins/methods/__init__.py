@@ -6,8 +6,10 @@ from fewlabel.plugins.methods.barlow_twins import BarlowTwins
 from fewlabel.plugins.methods.base import Method
 from fewlabel.plugins.methods.byol import BYOL, BYOLA
 from fewlabel.plugins.methods.classifier import Classifier
+from fewlabel.plugins.methods.ensemble import ClassifierEnsemble
 from fewlabel.plugins.methods.deepcluster_v2 import DeepClusterV2
 from fewlabel.plugins.methods.dino import DINO
+from fewlabel.plugins.methods.distillation import KnowledgeDistillation
 from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
 from fewlabel.plugins.methods.registry import METHODS, create_method, list_methods, register_method
 from fewlabel.plugins.methods.rotnet import RotNet
@@ -20,8 +22,10 @@ __all__ = [
     "BYOLA",
     "BarlowTwins",
     "Classifier",
+    "ClassifierEnsemble",
     "DINO",
     "DeepClusterV2",
+    "KnowledgeDistillation",
     "METHODS",
     "Method",
     "PseudoLabelMixin",

@@ -92,6 +92,10 @@ class Classifier(Method):
         True
     """
 
+    #: Constructor arguments that are modules, not hyperparameters (left out of ``hparams``; a subclass
+    #: that takes another module, such as a teacher, adds its name).
+    module_arguments: tuple[str, ...] = ("encoder", "augment")
+
     def __init__(
         self,
         encoder: nn.Module | Mapping[str, Any],
@@ -118,7 +122,7 @@ class Classifier(Method):
         if freeze_encoder and (lp_steps or peft is not None):
             raise ValueError("freeze_encoder=True trains the head alone (linear evaluation); lp_steps and peft "
                              "need an encoder that is fine-tuned: drop freeze_encoder or them")
-        self.save_hyperparameters(ignore=["encoder", "augment"])
+        self.save_hyperparameters(ignore=list(self.module_arguments))
         self.head = nn.Linear(self.embed_dim, num_classes)
         # set, never assume: an encoder handed over by another stage may arrive frozen or in eval mode
         self.encoder.requires_grad_(not freeze_encoder)

@@ -1,4 +1,4 @@
-"""Recipes: whole pipelines composed from fewlabel modules, callbacks and datamodules.
+"""Recipes (UnFuSeD, SimCLRv2): whole pipelines composed from fewlabel modules, callbacks and datamodules.
 
 This layer sits above everything else; ``fewlabel.plugins`` does not import it.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fewlabel.plugins.recipes.build import create_datamodule, list_datamodules, register_datamodule
 from fewlabel.plugins.recipes.config import load_config
+from fewlabel.plugins.recipes.simclrv2 import run_simclrv2
 from fewlabel.plugins.recipes.unfused import run_unfused
 from fewlabel.plugins.recipes.validate import RecipeError, check_config
 
@@ -17,5 +18,6 @@ __all__ = [
     "list_datamodules",
     "load_config",
     "register_datamodule",
+    "run_simclrv2",
     "run_unfused",
 ]

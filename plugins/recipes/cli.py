@@ -1,6 +1,7 @@
 """The ``fewlabel`` command.
 
-- ``fewlabel run unfused [--config FILE] [--output DIR] [--key VALUE ...]``: run a recipe end to end;
+- ``fewlabel run unfused|simclrv2 [--config FILE] [--output DIR] [--key VALUE ...]``: run a recipe end to end
+  (UnFuSeD, :mod:`fewlabel.plugins.recipes.unfused`; SimCLRv2, :mod:`fewlabel.plugins.recipes.simclrv2`);
 - ``fewlabel fewshot --checkpoint CKPT [--config FILE] [--head protonet ...] [--ways 5] [--shots 1 5]
   [--queries 15] [--episodes 1000] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
   encoder on the configuration's data (see :mod:`fewlabel.plugins.recipes.fewshot`).
@@ -28,7 +29,7 @@ from fewlabel.plugins.recipes.fewshot import (
 )
 from fewlabel.plugins.recipes.validate import RecipeError
 
-RECIPES = ("unfused",)
+RECIPES = ("unfused", "simclrv2")
 
 
 def _overrides(extra: Sequence[str]) -> list[str]:
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Any config key can be overridden: --data.root PATH --trainer.devices 2 --seed 1 ...")
     run.add_argument("recipe", choices=RECIPES)
     run.add_argument("--config", help="YAML file merged onto the recipe's defaults (embedded digits data)")
-    run.add_argument("--output", default="runs/unfused", help="run folder (default: runs/unfused)")
+    run.add_argument("--output", help="run folder (default: runs/RECIPE)")
     run.add_argument("--logger", default="wandb", choices=LOGGERS,
                      help="wandb = offline wandb (default, no account needed)")
     run.add_argument("--recompute", action="store_true",
@@ -101,9 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fewshot(args, extra)
             return 0
         config = load_config(args.recipe, args.config, _overrides(extra))
-        from fewlabel.plugins.recipes.unfused import run_unfused
+        if args.recipe == "simclrv2":
+            from fewlabel.plugins.recipes.simclrv2 import run_simclrv2 as run_recipe
+        else:
+            from fewlabel.plugins.recipes.unfused import run_unfused as run_recipe
 
-        run_unfused(config, args.output, logger=args.logger, recompute=args.recompute)
+        run_recipe(config, args.output or f"runs/{args.recipe}", logger=args.logger, recompute=args.recompute)
     except (RecipeError, FileNotFoundError, FloatingPointError) as err:
         if args.debug:
             raise

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from fewlabel.callbacks import PseudoLabeler
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.augment import create_augment
 from fewlabel.callbacks import EMATeacher
-from fewlabel.plugins.methods import METHODS, Classifier, Method, SelfDistillation
+from fewlabel.plugins.methods import METHODS, Classifier, ClassifierEnsemble, Method, SelfDistillation
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
@@ -98,7 +99,7 @@ def build_student(config: dict[str, Any], dm: FewLabelDataModule,
     module = SelfDistillation(cfg["encoder"], num_classes=k, num_samples=dm.num_unlabeled,
                               augment=_augment(cfg.get("augment")), **(cfg.get("module") or {}))
     return module, PseudoLabeler(num_clusters=k, teacher=teacher, dataloader=lambda: dm.unlabeled_dataloader(train=False),
-                                 **pl_cfg)
+                                 val_dataloader=dm.val_dataloader, **pl_cfg)
 
 
 def build_classifier(config: dict[str, Any], dm: FewLabelDataModule, spec: dict[str, Any],
@@ -118,10 +119,20 @@ def finetune_runs(config: dict[str, Any], output: Path) -> Iterator[tuple[str, i
     for method in methods:
         spec = merge(base, methods[method] or {})
         # everything the run depends on: its own spec and every upstream section (not the other methods)
-        settings = _settings(config, tuple(key for key in config if key != "finetune"), finetune=spec)
+        settings = _settings(config, tuple(key for key in config if key != "finetune"), finetune=spec,
+                             draws_together=_draws_together(config, spec))
         for k in cfg["labels_per_class"]:
             for seed in cfg["seeds"]:
                 yield method, k, seed, spec, settings, output / "finetune" / method / f"lpc{k}_seed{seed}.json"
+
+
+def _draws_together(config: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a method's draws train as one :class:`ClassifierEnsemble` (``finetune.draws_together``, where
+    the ensemble supports the settings: not with LP-FT or gradient clipping by norm)."""
+    trainer = {**(config.get("trainer") or {}), **(spec.get("trainer") or {})}
+    clips_norm = trainer.get("gradient_clip_val") and trainer.get("gradient_clip_algorithm", "norm") == "norm"
+    return bool(config["finetune"].get("draws_together", True) and not (spec.get("module") or {}).get("lp_steps")
+                and not clips_norm)
 
 
 def plan_stages(config: dict[str, Any], output: Path) -> list[tuple[str, Path, dict[str, Any] | None, dict[str, Any]]]:
@@ -145,22 +156,34 @@ def _checked(where: str, make: Callable[[], Any], hint: str = "") -> Any:
         raise RecipeError(f"{where}: {message}{hint}") from err
 
 
-def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
-    """Build every module and trainer once and push two samples of the real data through each.
+def preflight_data(config: dict[str, Any], dm: FewLabelDataModule) -> tuple[dict[str, Any], str]:
+    """Every recipe's first pre-flight checks: the label budget and the channels; returns two real samples
+    as a batch and the hint an encoder error gets.
 
     Raises:
-        RecipeError: naming the section whose settings do not fit the data or this machine.
+        RecipeError: a class too small for the largest budget, or channels that do not match the encoders.
     """
     _checked("finetune.labels_per_class", lambda: dm.check_label_budget(config["finetune"]["labels_per_class"]))
-    batch = next(iter(dm.unlabeled_dataloader(train=False)))
-    batch = {"input": batch["input"][:2]}
-    shape = tuple(batch["input"].shape[1:])
-    hint = f" (one data sample has shape {shape}; match the encoder to the data, e.g. its in_chans or n_mels)"
+    batch = {"input": next(iter(dm.unlabeled_dataloader(train=False)))["input"][:2]}
+    hint = (f" (one data sample has shape {tuple(batch['input'].shape[1:])}; match the encoder to the data, e.g. "
+            f"its in_chans or n_mels)")
     for where in ("teacher", "student"):
         channels, expected = getattr(dm, "channels", None), config[where]["encoder"].get("in_chans")
         if channels is not None and expected is not None and channels != expected:
             raise RecipeError(f"the data have {channels}-channel images (data.channels) but {where}.encoder.in_chans "
                               f"is {expected}: set --{where}.encoder.in_chans {channels} or --data.channels {expected}")
+    return batch, hint
+
+
+@contextmanager
+def preflight_trainers(config: dict[str, Any], stages: tuple[str, ...]) -> Iterator[None]:
+    """Check that the shared trainer settings and each stage's build here; quiet Lightning's banners inside.
+
+    The stage trainers (with checkpointing) are checked when the block ends without an error.
+
+    Raises:
+        RecipeError: naming the section whose trainer cannot be built on this machine.
+    """
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # the trainers built here are not the run's: no device banners
@@ -169,27 +192,51 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
     try:
         _checked("trainer", lambda: make_trainer(config, {}, logger=False, callbacks=[], progress=False,
                                                  checkpoint=False), f" (accelerators on this machine: {here})")
-        with torch.no_grad():
-            teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
-            _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, getattr(teacher.augment, "num_views", 1))[0]),
-                     hint)
-            _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
-            student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
-            student.eval()
-            _checked("student.encoder", lambda: student.forward_exits(student.views(batch, 1)[0]), hint)
-            encoders = {"teacher": teacher.encoder, "student": student.encoder}
-            for method, _, _, spec, _, _ in finetune_runs(config, Path()):
-                where = f"finetune.methods.{method}"
-                clf = _checked(where, lambda: build_classifier(config, dm, spec, encoders).eval())
-                _checked(f"{where} encoder", lambda: clf.head(clf.embed(clf.views(batch, 1)[0])), hint)
-                _checked(f"{where}.trainer", lambda: make_trainer(config, spec.get("trainer") or {}, logger=False,
-                                                                  callbacks=[], progress=False, checkpoint=False))
-        for where in ("teacher", "student"):
+        yield
+        for where in stages:
             _checked(f"{where}.trainer", lambda: make_trainer(config, config[where].get("trainer") or {},
                                                               logger=False, callbacks=[], progress=False,
                                                               checkpoint=True))
     finally:
         lightning_log.setLevel(level)
+
+
+def preflight_teacher(config: dict[str, Any], dm: FewLabelDataModule, batch: dict[str, Any], hint: str) -> Method:
+    """Build the teacher (in eval mode) and push ``batch`` through its encoder and views."""
+    teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
+    num_views = getattr(teacher.augment, "num_views", 1)
+    _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, num_views)[0]),
+             hint)
+    _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
+    return teacher
+
+
+def preflight_classifier(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
+                         encoders: dict[str, nn.Module], batch: dict[str, Any], hint: str) -> Classifier:
+    """Build one fine-tune method's classifier and trainer and push ``batch`` through it."""
+    where = f"finetune.methods.{method}"
+    clf = _checked(where, lambda: build_classifier(config, dm, spec, encoders).eval())
+    _checked(f"{where} encoder", lambda: clf.head(clf.embed(clf.views(batch, 1)[0])), hint)
+    _checked(f"{where}.trainer", lambda: make_trainer(config, spec.get("trainer") or {}, logger=False,
+                                                      callbacks=[], progress=False, checkpoint=False))
+    return clf
+
+
+def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
+    """Build every module and trainer once and push two samples of the real data through each.
+
+    Raises:
+        RecipeError: naming the section whose settings do not fit the data or this machine.
+    """
+    batch, hint = preflight_data(config, dm)
+    with preflight_trainers(config, ("teacher", "student")), torch.no_grad():
+        teacher = preflight_teacher(config, dm, batch, hint)
+        student, _ = _checked("student", lambda: build_student(config, dm, teacher.encoder))
+        student.eval()
+        _checked("student.encoder", lambda: student.forward_exits(student.views(batch, 1)[0]), hint)
+        encoders = {"teacher": teacher.encoder, "student": student.encoder}
+        for method, _, _, spec, _, _ in finetune_runs(config, Path()):
+            preflight_classifier(config, dm, method, spec, encoders, batch, hint)
 
 
 def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> Method:
@@ -225,70 +272,118 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
 
     module, info, reused = fit_stage(output / "student", module, dm.unlabeled_dataloader, trainer, [labeler],
                                      _settings(config, STUDENT_KEYS),
-                                     describe=lambda: {"pseudo_labels": dict(labeler.metrics)})
+                                     describe=lambda: {"pseudo_labels": dict(labeler.metrics),
+                                                       "chosen": dict(labeler.chosen)})
     if reused:
         _say("  reused the finished student")
     metrics = info.get("pseudo_labels", {})
+    chosen = info.get("chosen", {})
+    if chosen:
+        scores = ", ".join(f"{d}: {v:.3f}" for d, v in chosen["val_nmi"].items())
+        _say(f"  pca_dim chosen on the validation split: {chosen['pca_dim']} (validation NMI {scores}; "
+             f"written to {output / 'student' / 'info.json'})")
     if metrics:
         _say("  pseudo-labels vs hidden true labels: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return module, metrics
 
 
-def _finetune_one(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
-                  encoders: dict[str, nn.Module], k: int, seed: int, output: Path, logger: str,
-                  parent: Logger | bool) -> dict[str, Any]:
-    """One stage-4 run on a view of ``dm`` with the draw ``(k, seed)``; ``dm`` itself is not changed."""
-    data = dm.with_labels(k, seed)
-    L.seed_everything(seed, workers=True, verbose=False)  # before a scratch encoder is initialised
-    module = build_classifier(config, data, spec, encoders)
+def _finetune_draws(config: dict[str, Any], dm: FewLabelDataModule, method: str, spec: dict[str, Any],
+                    encoders: dict[str, nn.Module], k: int, seeds: list[int], output: Path, logger: str,
+                    parent: Logger | bool, trained: Callable[[dict[str, Any], Classifier], None] | None = None,
+                    ) -> list[dict[str, Any]]:
+    """Stage-4 runs of one method and label budget on the draws ``(k, seed)`` of ``dm`` (left unchanged).
+
+    One Trainer fits a :class:`ClassifierEnsemble` of one classifier per draw when
+    ``finetune.draws_together`` allows it (each member equals its separate run: bit for bit on the
+    CPU, up to float rounding when vectorized on an accelerator);
+    otherwise each draw gets its own Trainer. Every classifier is built right after
+    ``seed_everything(seed)``, so a scratch encoder and the head are initialised as in a separate run.
+    ``trained(row, classifier)`` (if given) sees each trained, evaluated classifier with its result row.
+    """
+    together = _draws_together(config, spec)
+    views = {seed: dm.with_labels(k, seed) for seed in seeds}
+    name = f"{method}-lpc{k}" + ("" if together else f"-seed{seeds[0]}")
+    prefix = f"{method}/lpc{k}" + ("" if together else f"/seed{seeds[0]}")
     trainer = make_trainer(config, spec.get("trainer") or {}, callbacks=[],
-                           logger=make_logger(logger, output, f"{method}-lpc{k}-seed{seed}", "finetune",
-                                              parent=parent, prefix=f"{method}/lpc{k}/seed{seed}"),
+                           logger=make_logger(logger, output, name, "finetune", parent=parent, prefix=prefix),
                            progress=False, checkpoint=False)
-    for run_logger in trainer.loggers:  # the draw this run trains on (the module logs its own hyperparameters)
-        run_logger.log_hyperparams({"stage": "finetune", "method": method, "data": dict(data.hparams)})
+    for run_logger in trainer.loggers:  # the draws these runs train on (the module logs its own hyperparameters)
+        run_logger.log_hyperparams({"stage": "finetune", "method": method,
+                                    "data": {f"seed{seed}": dict(view.hparams) for seed, view in views.items()}})
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=data.labeled_dataloader())
-    val_loader = data.val_dataloader()
-    val = trainer.validate(module, val_loader, verbose=False)[0]["val/acc"] if len(val_loader) else float("nan")
-    test = trainer.test(module, data.test_dataloader(), verbose=False)[0]["test/acc"]
-    return {"method": method, "labels_per_class": k, "seed": seed, "val_accuracy": float(val),
-            "test_accuracy": float(test), "params": sum(p.numel() for p in module.parameters()),
-            "seconds": time.perf_counter() - start}
+    if together:
+        ensemble = ClassifierEnsemble.build(lambda seed: build_classifier(config, views[seed], spec, encoders), seeds,
+                                            names=[f"seed{seed}" for seed in seeds])
+        trainer.fit(ensemble, train_dataloaders=[views[seed].labeled_dataloader() for seed in seeds])
+        modules = list(ensemble.members)
+    else:
+        (seed,) = seeds
+        L.seed_everything(seed, workers=True, verbose=False)
+        modules = [build_classifier(config, views[seed], spec, encoders)]
+        trainer.fit(modules[0], train_dataloaders=views[seed].labeled_dataloader())
+    rows = []
+    for seed, module in zip(seeds, modules):
+        val_loader = views[seed].val_dataloader()
+        val = trainer.validate(module, val_loader, verbose=False)[0]["val/acc"] if len(val_loader) else float("nan")
+        test = trainer.test(module, views[seed].test_dataloader(), verbose=False)[0]["test/acc"]
+        rows.append({"method": method, "labels_per_class": k, "seed": seed, "val_accuracy": float(val),
+                     "test_accuracy": float(test), "params": sum(p.numel() for p in module.parameters())})
+        if trained is not None:
+            trained(rows[-1], module)
+    seconds = (time.perf_counter() - start) / len(seeds)
+    for row in rows:
+        row["seconds"] = seconds  # a share of the ensemble's time when the draws train together
+    return rows
 
 
 def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[str, nn.Module], output: Path,
-                 logger: str) -> list[dict[str, Any]]:
-    """Stage 4: every method x label budget x label draw; one JSON file per finished run."""
+                 logger: str, trained: Callable[[dict[str, Any], Classifier], None] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Stage 4: every method x label budget x label draw; one JSON file per finished run.
+
+    ``trained(row, classifier)`` (if given) sees each classifier trained here (not those of reused runs),
+    before its JSON file is written.
+    """
     cfg = config["finetune"]
     runs = list(finetune_runs(config, output))
     _say(f"stage 4/4 fine-tune: {len(cfg.get('methods') or {})} methods x {len(cfg['labels_per_class'])} budgets x "
          f"{len(cfg['seeds'])} label draws = {len(runs)} runs")
-    results: list[dict[str, Any]] = []
+    results: dict[Path, dict[str, Any]] = {}
     parent = make_logger(logger, output, "finetune", "unfused") if logger.startswith("wandb") else False
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # 45 short runs: keep the console readable
-    for i, (method, k, seed, spec, settings, path) in enumerate(runs, 1):
+    groups: dict[tuple[str, int], list[tuple[int, dict[str, Any], dict[str, Any], Path]]] = {}
+    for method, k, seed, spec, settings, path in runs:
         if path.exists():
             row = json.loads(path.read_text())
             check_settings(path, row.get("settings"), settings)
-            results.append(row)
-            continue
-        row = _finetune_one(config, dm, method, spec, encoders, k, seed, output, logger, parent)
-        row["settings"] = settings
-        if is_rank_zero():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, row)
-        results.append(row)
-        _say(f"  [{i}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
-             f"test accuracy {row['test_accuracy']:.4f}")
+            results[path] = row
+        else:
+            groups.setdefault((method, k), []).append((seed, spec, settings, path))
+    done = len(results)
+    for (method, k), todo in groups.items():
+        spec = todo[0][1]
+        batches = [todo] if _draws_together(config, spec) else [[run] for run in todo]
+        for batch in batches:
+            rows = _finetune_draws(config, dm, method, spec, encoders, k, [seed for seed, *_ in batch], output,
+                                   logger, parent, trained)
+            for row, (seed, _, settings, path) in zip(rows, batch):
+                row["settings"] = settings
+                if is_rank_zero():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_json(path, row)
+                results[path] = row
+                done += 1
+                _say(f"  [{done}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
+                     f"test accuracy {row['test_accuracy']:.4f}")
     lightning_log.setLevel(level)
+    ordered = [results[path] for *_, path in runs]
     if isinstance(parent, Logger):
         parent.log_metrics({f"{r['method']}/lpc{r['labels_per_class']}/accuracy_mean": r["accuracy_mean"]
-                            for r in summarise(results)})
+                            for r in summarise(ordered)})
         close_logger(parent)
-    return results
+    return ordered
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -334,16 +429,8 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     """
     output = Path(output)
     check_config(config, DATAMODULES)
-    with hold_run_folder(output):
-        threads = config.get("num_threads")
-        if threads is not None:
-            torch.set_num_threads(int(threads))
-        start = time.perf_counter()
-        dm = _checked("data", lambda: _setup(make_datamodule(config["data"])))
-        preflight(config, dm)
-        check_run_folder(plan_stages(config, output), recompute)
-        if is_rank_zero():
-            (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    with prepared_run(config, output, preflight, plan_stages, recompute) as dm:
         _say(f"data: {config['data'].get('name', 'digits')}, {dm.num_classes} classes, {dm.num_unlabeled} unlabeled "
              f"training samples")
         teacher = run_teacher(config, dm, output, logger)
@@ -358,6 +445,30 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
             print(format_table(results["rows"]), flush=True)
         _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
         return results
+
+
+@contextmanager
+def prepared_run(config: dict[str, Any], output: Path,
+                 check: Callable[[dict[str, Any], FewLabelDataModule], None],
+                 plan: Callable[[dict[str, Any], Path], list[tuple[str, Path, dict[str, Any] | None, dict[str, Any]]]],
+                 recompute: bool) -> Iterator[FewLabelDataModule]:
+    """The start every recipe shares, inside the run folder's lock: torch's threads, the data, the
+    pre-flight ``check``, the run folder's stored stages against ``plan`` (see :func:`check_run_folder`),
+    then ``config.yaml``. Yields the loaded datamodule.
+
+    Raises:
+        RecipeError: a data, pre-flight or run-folder problem, before anything trains.
+    """
+    with hold_run_folder(output):
+        threads = config.get("num_threads")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        dm = _checked("data", lambda: _setup(make_datamodule(config["data"])))
+        check(config, dm)
+        check_run_folder(plan(config, output), recompute)
+        if is_rank_zero():
+            (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        yield dm
 
 
 def _setup(dm: FewLabelDataModule) -> FewLabelDataModule:

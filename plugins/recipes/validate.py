@@ -1,7 +1,7 @@
 """Check a recipe configuration against the constructors it feeds, before anything trains.
 
-Every section of the UnFuSeD configuration is checked against the signature of the class it is
-passed to (unknown keys name the closest valid one, wrong types name the expected type), and the
+Every section of a recipe's configuration (UnFuSeD, SimCLRv2) is checked against the signature of the
+class it is passed to (unknown keys name the closest valid one, wrong types name the expected type), and the
 top-level shape of the file is checked too. :func:`check_config` needs no data and runs in
 milliseconds; the recipe then builds every module and trainer once and pushes one batch of the
 real data through each encoder (see ``unfused.preflight``), so a typo in the last stage fails in
@@ -24,7 +24,7 @@ from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.augment.factory import AUGMENTS
 from fewlabel.plugins.encoders.registry import encoder_constructor
 from fewlabel.callbacks import EMATeacher
-from fewlabel.plugins.methods import METHODS, Classifier, SelfDistillation
+from fewlabel.plugins.methods import METHODS, Classifier, KnowledgeDistillation, SelfDistillation
 from fewlabel.plugins.registry import Registry, closest
 
 
@@ -41,18 +41,29 @@ RECIPE_TRAINER_KEYS = {
 #: Trainer keys that change what is printed or logged, not what is computed (not part of a stage's settings).
 COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "pseudo_labels", "student", "finetune")
+#: SimCLRv2's top level: its ``student`` section names the student's encoder only; ``distill`` trains it.
+SIMCLRV2_TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "student", "finetune", "distill")
 STAGE_SECTIONS = ("encoder", "augment", "module", "trainer")
 TEACHER_SECTIONS = ("method", "ema", *STAGE_SECTIONS)
 DEFAULT_TEACHER = "deepcluster_v2"
-FINETUNE_KEYS = ("labels_per_class", "seeds", "augment", "module", "trainer", "methods")
+FINETUNE_KEYS = ("labels_per_class", "seeds", "draws_together", "augment", "module", "trainer", "methods")
 METHOD_KEYS = ("encoder_from", "augment", "module", "trainer")
 ENCODER_SOURCES = ("teacher", "student", "scratch")
+#: Per recipe: its top-level keys, its stages after the teacher (section, the class its ``module`` feeds
+#: or None, its keys) and the encoders its fine-tune methods may start from.
+RECIPE_SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, Any, tuple[str, ...]], ...], tuple[str, ...]]] = {
+    "unfused": (TOP_LEVEL, (("student", SelfDistillation, STAGE_SECTIONS),), ENCODER_SOURCES),
+    "simclrv2": (SIMCLRV2_TOP_LEVEL, (("student", None, ("encoder",)),
+                                      ("distill", KnowledgeDistillation, ("augment", "module", "trainer"))),
+                 ("teacher", "scratch")),
+}
 # Arguments the recipe fills in itself, so a config may not set them.
 _SET_BY_RECIPE = {
     "teacher": ("encoder", "num_samples", "augment"),
     "student": ("encoder", "num_classes", "num_samples", "augment"),
-    "pseudo_labels": ("teacher", "dataloader"),
+    "pseudo_labels": ("teacher", "dataloader", "val_dataloader"),
     "finetune": ("encoder", "num_classes", "augment"),
+    "distill": ("teacher", "encoder", "num_classes", "augment"),
 }
 
 
@@ -191,18 +202,22 @@ def _int_list(where: str, value: Any, minimum: int) -> None:
         raise RecipeError(f"{where} must be a non-empty list of ints >= {minimum}, got {value!r}")
 
 
-def check_config(config: Any, datamodules: Registry[Any]) -> None:
-    """Check the shape, keys and value types of an UnFuSeD configuration (no data needed).
+def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused") -> None:
+    """Check the shape, keys and value types of a recipe's configuration (no data needed).
 
     Args:
         config: The merged configuration.
         datamodules: The registry ``data.name`` selects from.
+        recipe: Whose configuration: ``unfused`` or ``simclrv2`` (see :data:`RECIPE_SCHEMAS`).
 
     Raises:
         RecipeError: naming the first problem: the key, what is wrong, and the closest valid key.
     """
+    if recipe not in RECIPE_SCHEMAS:
+        raise ValueError(f"unknown recipe {recipe!r}{closest(recipe, list(RECIPE_SCHEMAS))}")
+    top_level, stages, sources = RECIPE_SCHEMAS[recipe]
     config = check_mapping("the config", config)
-    check_keys("config", config, TOP_LEVEL)
+    check_keys("config", config, top_level)
     try:
         check_int("seed", config.get("seed", 0), 0)
         check_int("num_threads", config.get("num_threads"), 1, "null (torch's default)")
@@ -231,20 +246,27 @@ def check_config(config: Any, datamodules: Registry[Any]) -> None:
     except ValueError as err:
         raise RecipeError(f"teacher.method: {err}") from None
     check_arguments("teacher.ema", teacher.get("ema"), EMATeacher)
-    for stage, module, sections in (("teacher", teacher_method, TEACHER_SECTIONS),
-                                    ("student", SelfDistillation, STAGE_SECTIONS)):
+    for stage, module, sections in (("teacher", teacher_method, TEACHER_SECTIONS), *stages):
         section = check_mapping(stage, config.get(stage))
         check_keys(stage, section, sections)
-        check_component(f"{stage}.encoder", section.get("encoder"), encoder_constructor)
-        check_component(f"{stage}.augment", section.get("augment"), AUGMENTS.get, optional=True)
-        check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[stage])
-        check_trainer(f"{stage}.trainer", section.get("trainer"))
-    check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler, skip=_SET_BY_RECIPE["pseudo_labels"])
+        if "encoder" in sections:
+            check_component(f"{stage}.encoder", section.get("encoder"), encoder_constructor)
+        if "augment" in sections:
+            check_component(f"{stage}.augment", section.get("augment"), AUGMENTS.get, optional=True)
+        if module is not None:
+            check_arguments(f"{stage}.module", section.get("module"), module, skip=_SET_BY_RECIPE[stage])
+        if "trainer" in sections:
+            check_trainer(f"{stage}.trainer", section.get("trainer"))
+    if "pseudo_labels" in top_level:
+        check_arguments("pseudo_labels", config.get("pseudo_labels"), PseudoLabeler,
+                        skip=_SET_BY_RECIPE["pseudo_labels"])
 
     finetune = check_mapping("finetune", config.get("finetune"))
     check_keys("finetune", finetune, FINETUNE_KEYS)
     _int_list("finetune.labels_per_class", finetune.get("labels_per_class"), 1)
     _int_list("finetune.seeds", finetune.get("seeds"), 0)
+    if not isinstance(finetune.get("draws_together", True), bool):
+        raise RecipeError(f"finetune.draws_together must be true or false, got {finetune['draws_together']!r}")
     methods = check_mapping("finetune.methods", finetune.get("methods"))
     if not methods:
         raise RecipeError("finetune.methods is empty: name at least one method (e.g. unfused: {encoder_from: student})")
@@ -253,8 +275,8 @@ def check_config(config: Any, datamodules: Registry[Any]) -> None:
         if where != "finetune":
             check_keys(where, spec, METHOD_KEYS)
             source = spec.get("encoder_from", "scratch")
-            if source not in ENCODER_SOURCES:
-                raise RecipeError(f"{where}.encoder_from must be one of {list(ENCODER_SOURCES)}, got {source!r}")
+            if source not in sources:
+                raise RecipeError(f"{where}.encoder_from must be one of {list(sources)}, got {source!r}")
         check_component(f"{where}.augment", spec.get("augment"), AUGMENTS.get, optional=True)
         check_arguments(f"{where}.module", spec.get("module"), Classifier, skip=_SET_BY_RECIPE["finetune"])
         check_trainer(f"{where}.trainer", spec.get("trainer"))

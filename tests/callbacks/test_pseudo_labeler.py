@@ -55,6 +55,18 @@ class BlobDataModule(L.LightningDataModule):
         return DataLoader(self.data, batch_size=32, shuffle=train)
 
 
+class LabeledBlobDataModule(BlobDataModule):
+    """Blobs with a labeled validation split: 5 more samples per blob, with their labels."""
+
+    def val_dataloader(self) -> DataLoader:
+        rng = np.random.default_rng(1)
+        centers = np.random.default_rng(0).normal(0.0, 10.0, (K, DIM))
+        x = np.concatenate([c + rng.normal(0.0, 0.5, (5, DIM)) for c in centers])
+        rows = [{"input": torch.tensor(v, dtype=torch.float32), "label": torch.tensor(i // 5), "index": torch.tensor(i)}
+                for i, v in enumerate(x)]
+        return DataLoader(rows, batch_size=16)
+
+
 class BoringPseudoModule(PseudoLabelMixin, L.LightningModule):
     """A linear encoder (initialised to the identity) and a head trained on the pseudo-labels."""
 
@@ -156,12 +168,33 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path: Path, stop: int, resume
         assert torch.equal(a, b)
 
 
+def test_auto_pca_dim_is_chosen_on_the_validation_split() -> None:
+    model, logger = BoringPseudoModule(), RecordingLogger()
+    cb = PseudoLabeler(pca_dim="auto", pca_dim_candidates=(2, 4, 8, 64), nredo=5)
+    make_trainer(1, [cb], logger=logger).fit(model, datamodule=LabeledBlobDataModule())
+    assert cb.chosen["pca_dim"] in (2, 4, 8) and set(cb.chosen["val_nmi"]) == {"2", "4", "8"}  # 64 > DIM: skipped
+    assert cb.chosen["val_nmi"][str(cb.chosen["pca_dim"])] == max(cb.chosen["val_nmi"].values())
+    assert cb.metrics["pseudo_labels/pca_dim"] == cb.chosen["pca_dim"] and cb.metrics["pseudo_labels/nmi"] > 0.95
+    assert any("pseudo_labels/pca_dim" in metrics for _, metrics in logger.logged)
+    assert (model.pseudo_labels >= 0).all()
+
+
+def test_auto_pca_dim_needs_validation_labels() -> None:
+    unlabeled = DataLoader([{"input": torch.zeros(DIM), "label": torch.tensor(-1), "index": torch.tensor(0)}])
+    cb = PseudoLabeler(pca_dim="auto", val_dataloader=lambda: unlabeled)
+    with pytest.raises(ValueError, match="pca_dim='auto'\) needs a labeled validation split"):
+        make_trainer(1, [cb]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+    with pytest.raises(ValueError, match=r"val_dataloader=None\) needs trainer.datamodule.val_dataloader\(\)"):
+        make_trainer(1, [PseudoLabeler(pca_dim="auto")]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+
+
 def test_state_dict_round_trip_reads_missing_keys() -> None:
     cb = PseudoLabeler()
-    cb.load_state_dict({"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5}})
-    assert cb.state_dict() == {"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5}}
+    cb.load_state_dict({"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5}, "chosen": {"pca_dim": 4}})
+    assert cb.state_dict() == {"last_clustered_epoch": 3, "metrics": {"pseudo_labels/nmi": 0.5},
+                               "chosen": {"pca_dim": 4}}
     cb.load_state_dict({})
-    assert cb.state_dict() == {"last_clustered_epoch": None, "metrics": {}}
+    assert cb.state_dict() == {"last_clustered_epoch": None, "metrics": {}, "chosen": {}}
 
 
 def test_missing_pseudo_label_buffer_is_named() -> None:
@@ -183,6 +216,10 @@ def test_missing_pseudo_label_buffer_is_named() -> None:
         ({"num_clusters": 0}, "num_clusters must be an int >= 1 or None"),
         ({"num_clusters": True}, "num_clusters must be"),
         ({"pca_dim": -1}, "pca_dim must be an int >= 1 or None"),
+        ({"pca_dim": "best"}, r"pca_dim must be an int >= 1 or None \(no PCA\) or 'auto'"),
+        ({"pca_dim_candidates": []}, "pca_dim_candidates must be a non-empty list of ints >= 1"),
+        ({"pca_dim_candidates": [8, 0]}, "pca_dim_candidates must be a non-empty list of ints >= 1"),
+        ({"val_dataloader": 5}, "val_dataloader must be a DataLoader, a zero-argument callable"),
         ({"niter": 0}, "niter must be an int >= 1"),
         ({"nredo": 0}, "nredo must be an int >= 1"),
         ({"max_train_rows": 0}, r"max_train_rows must be an int >= 1 .* or None \(train on every row\)"),

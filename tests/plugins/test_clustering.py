@@ -320,3 +320,27 @@ def test_pca_with_fewer_rows_than_dims_matches_the_covariance_route() -> None:
     ref = xc @ v[:, ::-1][:, :128] / np.sqrt(w[::-1][:128])
     cos = np.abs((ref * y).sum(0)) / np.linalg.norm(ref, axis=0) / np.linalg.norm(y, axis=0)
     assert cos.min() > 0.9999  # equal up to each component's sign
+
+
+def test_select_pca_dim_prefers_the_dimensions_that_separate_the_classes() -> None:
+    """Classes differ in 2 of 40 dimensions: whitening many noise directions drowns them."""
+    from fewlabel.plugins.clustering import select_pca_dim
+
+    rng = np.random.default_rng(0)
+    signal = np.repeat(np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]), 60, axis=0)
+    scale = np.geomspace(5.0, 1.0, 38)  # noise directions with more variance than the classes' spread
+    pool = np.hstack([signal + rng.normal(0, 1, signal.shape), rng.normal(0, 1, (180, 38)) * scale])
+    val_signal = np.repeat(np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]), 10, axis=0)
+    val = np.hstack([val_signal + rng.normal(0, 1, val_signal.shape), rng.normal(0, 1, (30, 38)) * scale])
+    labels = np.repeat([0, 1, 2], 10)
+    best, scores = select_pca_dim(pool, val, labels, 3, candidates=(2, 8, 40, 128), nredo=5)
+    assert set(scores) == {2, 8, 40}  # 128 > 40 dimensions: skipped
+    assert best == max(scores, key=lambda d: (scores[d], -d))
+    assert scores[40] < max(scores.values())
+    for bad, match in (((pool, val[:0], labels[:0], 3), "needs validation rows"),
+                       ((pool, val, labels[:5], 3), "30 validation rows but labels of shape"),
+                       ((pool, val[:, :5], labels, 3), "pool rows have 40 dimensions, validation rows 5")):
+        with pytest.raises(ValueError, match=match):
+            select_pca_dim(*bad)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        select_pca_dim(pool, val, labels, 3, candidates=())

@@ -231,9 +231,10 @@ def test_byol_views_settings() -> None:
     first, second = (p.augment for p in byol_views(noise=0.01).pipelines)
     assert (first.blur_prob, first.solarize_prob, second.blur_prob, second.solarize_prob) == (1.0, 0.0, 0.1, 0.2)
     for aug in (first, second):
-        assert (aug.hflip, aug.jitter_prob, aug.grayscale, aug.noise) == (0.5, 0.8, 0.2, 0.01)
+        assert (aug.hflip, aug.jitter_prob, aug.grayscale, aug.noise) == (0.0, 0.8, 0.2, 0.01)  # flips: opt-in
         assert aug.blur_sigma == (0.1, 2.0)
         assert (aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert all(p.augment.hflip == 0.5 for p in byol_views(hflip=0.5).pipelines)  # the paper's setting, asked for
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,7 @@ def test_load_encoder_errors(run_folder: Path) -> None:
 def test_run_command_is_unchanged() -> None:
     args, extra = build_parser().parse_known_args(["run", "unfused", "--teacher.module.lr", "0.1"])
     assert (args.command, args.recipe, args.output, args.logger, args.recompute) == (
-        "run", "unfused", "runs/unfused", "wandb", False)
+        "run", "unfused", None, "wandb", False)  # no --output: main() writes to runs/<recipe>
     assert extra == ["--teacher.module.lr", "0.1"]
 
 

@@ -39,9 +39,10 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert len(written["runs"]) == 12 and results["rows"] == written["rows"]
     assert "method" in capsys.readouterr().out  # the printed table
     # each fine-tune run logs the label draw it trained on (a view of the datamodule; the datamodule is not changed)
-    logged = yaml.safe_load((tmp_path / "logs" / "finetune" / "unfused-lpc2-seed1" / "hparams.yaml").read_text())
-    assert logged["stage"] == "finetune" and logged["method"] == "unfused"
-    assert logged["data"]["labels_per_class"] == 2 and logged["data"]["seed"] == 1
+    # (the draws of a method and budget train together: one logger per method and budget)
+    logged = yaml.safe_load((tmp_path / "logs" / "finetune" / "unfused-lpc2" / "hparams.yaml").read_text())
+    assert logged["stage"] == "finetune" and logged["method"] == "unfused" and logged["members"] == 2
+    assert logged["data"]["seed1"]["labels_per_class"] == 2 and logged["data"]["seed1"]["seed"] == 1
 
     teacher_mtime = (tmp_path / "teacher" / "final.ckpt").stat().st_mtime_ns
     again = run_unfused(tiny_config(), tmp_path, logger="csv")
@@ -66,6 +67,17 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert {r["labels_per_class"] for r in recomputed["rows"]} == {1, 2}
     assert json.loads((tmp_path / "finetune" / "unfused" / "lpc1_seed0.json").read_text())["settings"]["finetune"][
         "trainer"]["max_epochs"] == 4
+
+    # the draws trained together (ClassifierEnsemble) equal separate runs, one Trainer each
+    with pytest.raises(RecipeError, match=r"differs at: draws_together"):
+        run_unfused(tiny_config(**{"finetune.draws_together": "false"}), tmp_path, logger="none")
+    separate = run_unfused(tiny_config(**{"finetune.draws_together": "false"}), tmp_path, logger="none", recompute=True)
+    test_size = 540
+    for ours, theirs in zip(written["runs"], separate["runs"]):
+        assert (ours["method"], ours["labels_per_class"], ours["seed"]) == (theirs["method"], theirs["labels_per_class"],
+                                                                           theirs["seed"])
+        # float rounding may at most flip a near-tie prediction
+        assert abs(ours["test_accuracy"] - theirs["test_accuracy"]) <= 1.5 / test_size, (ours, theirs)
 
 
 def test_interrupted_stage_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
