@@ -35,7 +35,8 @@ from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.unfused import run_finetune, run_student, run_teacher
 
 
-def sweep(config: dict[str, Any], run: Path, together: bool, output: Path) -> tuple[float, dict[str, float], list[dict]]:
+def sweep(config: dict[str, Any], run: Path, together: bool,
+          output: Path) -> tuple[float, dict[str, float], list[dict]]:
     """Stage 4 of ``config`` into ``output``; ``(seconds, seconds per method, rows)``."""
     config = copy.deepcopy(config)
     config["finetune"]["draws_together"] = together
@@ -72,8 +73,8 @@ def main() -> None:
     if config.get("num_threads"):
         torch.set_num_threads(int(config["num_threads"]))
     trainer = config.get("trainer") or {}
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and trainer.get("accelerator") in ("gpu", "cuda", "auto") \
-        else f"cpu, {torch.get_num_threads()} threads"
+    on_gpu = torch.cuda.is_available() and trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    device = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} threads"
     print(f"run {args.run}; {device}; trainer {trainer}")
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

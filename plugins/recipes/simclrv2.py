@@ -174,8 +174,8 @@ def run_distill(config: dict[str, Any], dm: FewLabelDataModule, teacher_encoder:
                 logger: str) -> list[dict[str, Any]]:
     """Stage 3: one student per label budget and draw distils that draw's fine-tuned teacher."""
     runs = list(distill_runs(config, output))
-    _say(f"distillation: a fresh student per label budget and draw learns the fine-tuned teacher's predictions on "
-         f"the unlabeled pool ({len(runs)} runs)")
+    _say(f"stage 3/3 distillation: a fresh student per label budget and draw learns the fine-tuned teacher's "
+         f"predictions on the unlabeled pool ({len(runs)} runs)")
     cfg, finetune = config["distill"], _finetune_config(config)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
@@ -267,11 +267,12 @@ def run_simclrv2(config: dict[str, Any], output: str | Path, logger: str = "wand
         _say(f"SimCLRv2 on {config['data'].get('name', 'digits')}: {dm.num_classes} classes, {dm.num_unlabeled} "
              f"unlabeled training samples; teacher -> fine-tune -> distillation")
         finetune = _finetune_config(config)
-        teacher = run_teacher(finetune, dm, output, logger)
+        teacher = run_teacher(finetune, dm, output, logger, recipe=METHOD, stage="stage 1/3")
         _refit_lost_teachers(config, output)
         finetuned: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         encoders = {"teacher": teacher.encoder}
-        runs = run_finetune(finetune, dm, encoders, output, logger, trained=_keep_teachers(config, output, finetuned))
+        runs = run_finetune(finetune, dm, encoders, output, logger, trained=_keep_teachers(config, output, finetuned),
+                            recipe=METHOD, stage="stage 2/3")
         runs += run_distill(config, dm, teacher.encoder, finetuned, output, logger)
         results = {"recipe": METHOD, "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
                    "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs],

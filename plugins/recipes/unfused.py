@@ -205,8 +205,8 @@ def preflight_teacher(config: dict[str, Any], dm: FewLabelDataModule, batch: dic
     """Build the teacher (in eval mode) and push ``batch`` through its encoder and views."""
     teacher = _checked("teacher", lambda: build_teacher(config, dm).eval())
     num_views = getattr(teacher.augment, "num_views", 1)
-    _checked("teacher.encoder", lambda: teacher.embed(make_views(teacher.encoder, batch, teacher.augment, num_views)[0]),
-             hint)
+    views = lambda: make_views(teacher.encoder, batch, teacher.augment, num_views)  # noqa: E731
+    _checked("teacher.encoder", lambda: teacher.embed(views()[0]), hint)
     _checked("teacher.ema", lambda: teacher_callbacks(config, teacher))
     return teacher
 
@@ -239,15 +239,19 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
             preflight_classifier(config, dm, method, spec, encoders, batch, hint)
 
 
-def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str) -> Method:
-    """Stage 1: self-supervised pretraining (``teacher.method``) on the unlabeled pool."""
+def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, logger: str, *,
+                recipe: str = "unfused", stage: str = "stage 1/4") -> Method:
+    """Stage 1: self-supervised pretraining (``teacher.method``) on the unlabeled pool.
+
+    ``recipe`` names the wandb group, ``stage`` the console line's stage (a recipe that reuses this stage).
+    """
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     module = build_teacher(config, dm)
-    _say(f"stage 1/4 teacher: {type(module).__name__} on the unlabeled pool")
+    _say(f"{stage} teacher: {type(module).__name__} on the unlabeled pool")
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
         return make_trainer(config, config["teacher"].get("trainer") or {},
-                            callbacks=callbacks, logger=make_logger(logger, output, "teacher", "unfused"),
+                            callbacks=callbacks, logger=make_logger(logger, output, "teacher", recipe),
                             progress=True, checkpoint=True)
 
     module, _, reused = fit_stage(output / "teacher", module, dm.unlabeled_dataloader, trainer,
@@ -337,19 +341,19 @@ def _finetune_draws(config: dict[str, Any], dm: FewLabelDataModule, method: str,
 
 
 def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[str, nn.Module], output: Path,
-                 logger: str, trained: Callable[[dict[str, Any], Classifier], None] | None = None,
-                 ) -> list[dict[str, Any]]:
+                 logger: str, trained: Callable[[dict[str, Any], Classifier], None] | None = None, *,
+                 recipe: str = "unfused", stage: str = "stage 4/4") -> list[dict[str, Any]]:
     """Stage 4: every method x label budget x label draw; one JSON file per finished run.
 
     ``trained(row, classifier)`` (if given) sees each classifier trained here (not those of reused runs),
-    before its JSON file is written.
+    before its JSON file is written. ``recipe`` names the wandb group, ``stage`` the console line's stage.
     """
     cfg = config["finetune"]
     runs = list(finetune_runs(config, output))
-    _say(f"stage 4/4 fine-tune: {len(cfg.get('methods') or {})} methods x {len(cfg['labels_per_class'])} budgets x "
+    _say(f"{stage} fine-tune: {len(cfg.get('methods') or {})} methods x {len(cfg['labels_per_class'])} budgets x "
          f"{len(cfg['seeds'])} label draws = {len(runs)} runs")
     results: dict[Path, dict[str, Any]] = {}
-    parent = make_logger(logger, output, "finetune", "unfused") if logger.startswith("wandb") else False
+    parent = make_logger(logger, output, "finetune", recipe) if logger.startswith("wandb") else False
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # 45 short runs: keep the console readable
