@@ -29,22 +29,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.recipes.build import make_datamodule
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.unfused import run_finetune, run_student, run_teacher
 
 
-def sweep(config: dict[str, Any], run: Path, together: bool,
-          output: Path) -> tuple[float, dict[str, float], list[dict]]:
-    """Stage 4 of ``config`` into ``output``; ``(seconds, seconds per method, rows)``."""
-    config = copy.deepcopy(config)
-    config["finetune"]["draws_together"] = together
+def load(config: dict[str, Any], run: Path) -> tuple[FewLabelDataModule, dict[str, nn.Module]]:
+    """The run's data and its finished teacher and student encoders (reused, not retrained)."""
     dm = make_datamodule(config["data"])
     dm.setup("fit")
     teacher = run_teacher(config, dm, run, "none")
     student, _ = run_student(config, dm, teacher.encoder, run, "none")
-    encoders = {"teacher": teacher.encoder, "student": student.encoder}
+    return dm, {"teacher": teacher.encoder, "student": student.encoder}
+
+
+def sweep(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[str, nn.Module], together: bool,
+          output: Path) -> tuple[float, dict[str, float], list[dict]]:
+    """Stage 4 of ``config`` into ``output``; ``(seconds, seconds per method, rows)``.
+
+    Each run copies the encoder it fine-tunes, so both arms start from the same ``encoders``.
+    """
+    config = copy.deepcopy(config)
+    config["finetune"]["draws_together"] = together
     per_method: dict[str, float] = {}
     rows: list[dict] = []
     start = time.perf_counter()
@@ -76,10 +85,11 @@ def main() -> None:
     on_gpu = torch.cuda.is_available() and trainer.get("accelerator") in ("gpu", "cuda", "auto")
     device = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} threads"
     print(f"run {args.run}; {device}; trainer {trainer}")
+    dm, encoders = load(config, args.run)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arm in ("separate", "together"):
-            seconds, per_method, rows = sweep(config, args.run, arm == "together", Path(tmp) / arm)
+            seconds, per_method, rows = sweep(config, dm, encoders, arm == "together", Path(tmp) / arm)
             figures[arm] = {"seconds": seconds, "per_method": per_method, "rows": rows}
     sep, tog = figures["separate"], figures["together"]
     print(f"\n{'method':<14} {'separate (s)':>13} {'together (s)':>13} {'ratio':>7}")
@@ -87,8 +97,6 @@ def main() -> None:
         a, b = sep["per_method"][method], tog["per_method"][method]
         print(f"{method:<14} {a:>13.1f} {b:>13.1f} {a / b:>7.2f}")
     print(f"{'all':<14} {sep['seconds']:>13.1f} {tog['seconds']:>13.1f} {sep['seconds'] / tog['seconds']:>7.2f}")
-    dm = make_datamodule(config["data"])
-    dm.setup("fit")
     test_size = len(dm.test_dataloader().dataset)
     diffs = [abs(a["test_accuracy"] - b["test_accuracy"]) * test_size for a, b in zip(sep["rows"], tog["rows"])]
     print(f"runs: {len(diffs)}; equal test accuracy: {sum(d < 0.5 for d in diffs)}; largest difference: "

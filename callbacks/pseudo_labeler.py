@@ -27,6 +27,11 @@ from fewlabel.plugins.gather import Embeddings, gather_embeddings
 __all__ = ["PseudoLabeler"]
 
 _Loader = Iterable[dict[str, Any]]
+#: The datamodule loader each loader argument falls back to when it is ``None``: ``(method, keyword arguments)``.
+_FALLBACKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dataloader": ("unlabeled_dataloader", {"train": False}),
+    "val_dataloader": ("val_dataloader", {}),
+}
 
 
 class PseudoLabeler(L.Callback):
@@ -188,7 +193,7 @@ class PseudoLabeler(L.Callback):
     def run_clustering(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Embed the pool, cluster on rank 0, broadcast, and write ``pl_module.pseudo_labels``."""
         k = self._num_clusters(trainer)
-        loader = shard_dataloader(self._resolve_dataloader(trainer), trainer.world_size, trainer.global_rank)
+        loader = shard_dataloader(self._loader("dataloader", trainer), trainer.world_size, trainer.global_rank)
         encoder = self.teacher if self.teacher is not None else pl_module.encoder
         if self.teacher is not None:
             self.teacher.to(pl_module.device)
@@ -199,7 +204,7 @@ class PseudoLabeler(L.Callback):
             raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
         val = None
         if self.pca_dim == "auto":
-            val_loader = shard_dataloader(self._resolve(self.val_dataloader, trainer, "val_dataloader"),
+            val_loader = shard_dataloader(self._loader("val_dataloader", trainer),
                                           trainer.world_size, trainer.global_rank)
             val = gather_embeddings(encoder, val_loader, device=pl_module.device, label_key="label",
                                     strategy=trainer.strategy)
@@ -254,17 +259,14 @@ class PseudoLabeler(L.Callback):
             )
         return k
 
-    def _resolve_dataloader(self, trainer: L.Trainer) -> _Loader:
-        return self._resolve(self.dataloader, trainer, "dataloader")
-
-    @staticmethod
-    def _resolve(given: Any, trainer: L.Trainer, name: str) -> _Loader:
-        """``given`` (a loader or a callable returning one), else the datamodule's loader for ``name``."""
+    def _loader(self, name: str, trainer: L.Trainer) -> _Loader:
+        """The loader argument ``name`` (a loader, or a callable returning one), else its datamodule fallback."""
+        given = getattr(self, name)
         if given is not None:
             return given if hasattr(given, "__iter__") else given()
-        method, kwargs = ("unlabeled_dataloader", {"train": False}) if name == "dataloader" else ("val_dataloader", {})
+        method, kwargs = _FALLBACKS[name]
         make = getattr(trainer.datamodule, method, None)
-        call = f"{method}({'train=False' if kwargs else ''})"
+        call = f"{method}({', '.join(f'{key}={value}' for key, value in kwargs.items())})"
         problem = ValueError(f"PseudoLabeler({name}=None) needs trainer.datamodule.{call}; "
                              f"pass {name}=<DataLoader or zero-argument callable>")
         if make is None:

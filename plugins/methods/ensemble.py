@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from fewlabel.plugins.methods.base import Method
 from fewlabel.plugins.methods.classifier import Classifier
 from fewlabel.plugins.optim.optimizers import build_optimizer
 
@@ -243,7 +244,7 @@ class ClassifierEnsemble(L.LightningModule):
         """``train/loss`` (the members' mean) through :meth:`Method.log_train`'s windows; per member on logger steps."""
         total, count = self._loss_window or (torch.zeros_like(losses), 0)
         self._loss_window = (total + losses.float(), count + 1)
-        if self.members[0]._log_now(self.trainer):
+        if Method._log_now(self.trainer):
             total, count = self._loss_window
             self._loss_window = None
             mean = total / count
