@@ -18,6 +18,7 @@ from fewlabel.plugins.clustering import (
     PCA_DIM_CANDIDATES,
     check_max_train_rows,
     cluster_embeddings,
+    keep_confident,
     select_pca_dim,
 )
 from fewlabel.plugins.distributed import on_rank_zero_then_broadcast, shard_dataloader
@@ -78,6 +79,11 @@ class PseudoLabeler(L.Callback):
             every row, as UnFuSeD does. The default trains on every row of pools up to 262,144 samples.
         seed: k-means seed (>= 0).
         recluster_every_n_epochs: ``None`` = cluster once; ``n`` = also at epochs ``n, 2n, ...``.
+        keep_fraction: ``1.0`` labels every sample (UnFuSeD). Below 1, only the most confident
+            ``keep_fraction`` of each cluster keep their label (by assignment margin, see
+            :func:`~fewlabel.plugins.clustering.keep_confident`); the rest get ``-1``, which
+            :class:`~fewlabel.plugins.methods.SelfDistillation` leaves out of its loss. Logged:
+            ``pseudo_labels/kept_fraction`` and, with true labels, ``pseudo_labels/kept_accuracy``.
         label_key: batch key of the true labels, used only for the logged metrics (``-1`` = unknown).
 
     Example:
@@ -101,6 +107,7 @@ class PseudoLabeler(L.Callback):
         max_train_rows: int | None = KMEANS_MAX_TRAIN_ROWS,
         seed: int = 0,
         recluster_every_n_epochs: int | None = None,
+        keep_fraction: float = 1.0,
         label_key: str = "target",
     ) -> None:
         super().__init__()
@@ -117,6 +124,9 @@ class PseudoLabeler(L.Callback):
             "recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)", owner=owner
         )
         check_int("seed", seed, 0, owner=owner)
+        if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
+            raise ValueError(f"PseudoLabeler: keep_fraction must be a number in (0, 1] (1 = label every sample), "
+                             f"got {keep_fraction!r}")
         if not isinstance(whiten, bool):
             raise ValueError(f"whiten must be True or False, got {whiten!r}")
         if teacher is not None and not isinstance(teacher, nn.Module):
@@ -144,6 +154,7 @@ class PseudoLabeler(L.Callback):
         self.max_train_rows = max_train_rows
         self.seed = seed
         self.recluster_every_n_epochs = recluster_every_n_epochs
+        self.keep_fraction = float(keep_fraction)
         self.label_key = label_key
         self.metrics: dict[str, float] = {}
         #: What ``pca_dim="auto"`` chose at the last clustering: ``{"pca_dim": d, "val_nmi": {d: score}}``.
@@ -235,12 +246,20 @@ class PseudoLabeler(L.Callback):
                                              self.pca_dim_candidates, **settings)
             chosen = {"pca_dim": pca_dim, "val_nmi": {str(d): s for d, s in scores.items()}}
         result = cluster_embeddings(emb.embeddings, k, pca_dim=pca_dim, **settings)
+        kept = np.ones(len(result.labels), dtype=bool)
+        if self.keep_fraction < 1:
+            kept = keep_confident(result.labels, result.margins, self.keep_fraction)
         table = np.full(size, -1, dtype=np.int64)
-        table[emb.indices] = result.labels
+        table[emb.indices[kept]] = result.labels[kept]
         metrics: dict[str, float] = {}
         if (emb.labels >= 0).any():
             scores = clustering_metrics(result.labels, emb.labels)
             metrics.update({f"pseudo_labels/{name}": value for name, value in scores.items()})
+            if self.keep_fraction < 1 and (emb.labels[kept] >= 0).any():
+                kept_scores = clustering_metrics(result.labels[kept], emb.labels[kept])
+                metrics["pseudo_labels/kept_accuracy"] = kept_scores["accuracy"]
+        if self.keep_fraction < 1:
+            metrics["pseudo_labels/kept_fraction"] = float(kept.mean())
         metrics["pseudo_labels/cluster_size_min"] = float(result.sizes.min())
         metrics["pseudo_labels/cluster_size_max"] = float(result.sizes.max())
         metrics["pseudo_labels/empty_clusters"] = float(result.num_empty)

@@ -19,26 +19,31 @@ benchmarks/README.md, e.g. ``--root data/spoken`` (50 clips per class)::
 Each class's clips are drawn one after another from ``numpy.random.default_rng([seed, digit])``;
 the output is byte for byte that of this script before ``--variety`` existed.
 
-``rich`` is harder::
+``noisy`` and ``rich`` are harder::
 
     ROOT/zero/zero_0000.wav  ROOT/zero/zero_0001.wav  ...  ROOT/nine/nine_0499.wav
+
+``noisy`` has more voices, speeds, pitches and background noise than ``basic``:
 
 * voice: any English espeak-ng voice (accent) combined with any voice variant, both as listed by
   ``espeak-ng --voices=en`` and ``espeak-ng --voices=variant`` on this machine; MBROLA voices are
   left out (they need a separate program and voice files);
 * speed 90..300 words per minute and pitch 0..99;
 * the word is placed at a random offset;
+* background noise: white, pink or brown noise 5..30 dB below the digit;
+* the mixture is scaled to a random peak level of 0.1..0.9.
+
+``rich`` is ``noisy`` in a room, with other talkers:
+
 * babble (half the clips): 1..3 other talkers saying 1..3 non-digit words each, every talker
   10..25 dB below the digit, at random offsets;
 * room reverb (half the clips): digit and babble are convolved with an exponentially decaying
-  random impulse response (RT60 0.1..0.7 s, direct-to-reverberant ratio -3..10 dB);
-* background noise: white, pink or brown noise 5..30 dB below the digit;
-* the mixture is scaled to a random peak level of 0.1..0.9.
+  random impulse response (RT60 0.1..0.7 s, direct-to-reverberant ratio -3..10 dB).
 
 Each clip's random draws come from ``numpy.random.default_rng([seed, digit, index])``.
 
 Either way the files depend only on ``--seed``, ``--per-class`` and ``--variety`` (and on the
-espeak-ng version, and for ``rich`` its voice list), not on ``--workers``; a smaller
+espeak-ng version, and for ``noisy`` and ``rich`` its voice list), not on ``--workers``; a smaller
 ``--per-class`` gives the first clips of a larger one. Rerunning into the same ROOT replaces every
 class's clips, so no files are left behind. Needs the ``espeak-ng`` program
 (Debian/Ubuntu: ``apt-get install espeak-ng``).
@@ -46,6 +51,7 @@ class's clips, so no files are left behind. Needs the ``espeak-ng`` program
 Examples:
     python examples/make_spoken_digits.py --root data/spoken   # basic, 500 clips: the recorded results
     fewlabel run unfused --config examples/unfused_audio.yaml --data.root data/spoken
+    python examples/make_spoken_digits.py --root data/noisy5k --per-class 500 --variety noisy
     python examples/make_spoken_digits.py --root data/spoken5k --per-class 500 --variety rich
 
 Timing: the ``rich`` command above with ``--workers 2`` (5,000 clips, 157 MB) took 1:59.8 on
@@ -101,6 +107,8 @@ BASIC = Speakers(
     speeds=(120, 220),
     pitches=(15, 85),
 )
+# Probability of babble and, separately, of room reverb in a clip of each per-clip variety.
+ROOM = {"noisy": 0.0, "rich": 0.5}
 RICH_SPEEDS = (90, 300)
 RICH_PITCHES = (0, 99)
 # File-name digits: basic keeps its old names (zero_000.wav), rich uses at least 4 (zero_0000.wav).
@@ -215,18 +223,22 @@ def make_basic_clip(word: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(clip, -1.0, 1.0)
 
 
-def make_rich_clip(word: str, rng: np.random.Generator, speakers: Speakers) -> np.ndarray:
-    """One ``rich`` utterance of ``word`` in a noisy room: a ``CLIP_SAMPLES`` float32 clip."""
+def make_rich_clip(word: str, rng: np.random.Generator, speakers: Speakers, room: float = 0.5) -> np.ndarray:
+    """One ``rich`` utterance of ``word`` in a noisy room: a ``CLIP_SAMPLES`` float32 clip.
+
+    ``room`` is the probability of babble and, separately, of reverb: 0.5 for ``rich``, 0 for ``noisy``
+    (whose clip has the talker, offset and first draws of its ``rich`` twin).
+    """
     speech = speak(word, rng, speakers)
     level = rms(speech)
     clip = np.zeros(CLIP_SAMPLES)
     place(clip, speech, rng)
-    if rng.random() < 0.5:  # babble: other talkers saying other words
+    if rng.random() < room:  # babble: other talkers saying other words
         for _ in range(int(rng.integers(1, 4))):
             words = rng.choice(BABBLE_WORDS, size=int(rng.integers(1, 4)))
             talker = speak(" ".join(words), rng, speakers)
             place(clip, talker * level / rms(talker) * 10 ** (-rng.uniform(10.0, 25.0) / 20), rng)
-    if rng.random() < 0.5:
+    if rng.random() < room:
         clip = reverberate(clip, room_impulse_response(rng))
     noise = coloured_noise(rng, CLIP_SAMPLES, NOISE_EXPONENTS[rng.integers(len(NOISE_EXPONENTS))])
     clip += noise * level * 10 ** (-rng.uniform(5.0, 30.0) / 20)
@@ -245,10 +257,13 @@ def write_basic_class(d: int, root: Path, seed: int, per_class: int) -> None:
         save(make_basic_clip(DIGITS[d], rng), root, d, index, BASIC_WIDTH)
 
 
-def write_rich_clip(task: tuple[int, int], root: Path, seed: int, width: int, speakers: Speakers) -> None:
-    """Write ``rich`` clip ``index`` of digit ``d`` (``task = (d, index)``) from its own random stream."""
+def write_rich_clip(task: tuple[int, int], root: Path, seed: int, width: int, speakers: Speakers,
+                    room: float = 0.5) -> None:
+    """Write ``rich`` (or ``noisy``) clip ``index`` of digit ``d`` (``task = (d, index)``) from its own random
+    stream."""
     d, index = task
-    save(make_rich_clip(DIGITS[d], np.random.default_rng([seed, d, index]), speakers), root, d, index, width)
+    clip = make_rich_clip(DIGITS[d], np.random.default_rng([seed, d, index]), speakers, room)
+    save(clip, root, d, index, width)
 
 
 def _report(done: Iterable[None], per_class: int, tasks_per_class: int) -> None:
@@ -264,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="output folder (ROOT/CLASS/*.wav)")
     parser.add_argument("--per-class", type=int, default=50, help="clips per digit (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--variety", choices=("basic", "rich"), default="basic",
-                        help="basic: the recorded results' data (default); rich: more voices, babble, reverb, "
-                             "coloured noise")
+    parser.add_argument("--variety", choices=("basic", "noisy", "rich"), default="basic",
+                        help="basic: the recorded results' data (default); noisy: more voices, speeds, pitches "
+                             "and coloured noise; rich: noisy + babble and reverb")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes synthesising in parallel (default: the number of CPUs; "
                              "basic uses at most one per class)")
@@ -290,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(voices)} English voices x {len(variants)} variants", flush=True)
         speakers = Speakers(voices, variants, RICH_SPEEDS, RICH_PITCHES)
         width = max(RICH_WIDTH, len(str(args.per_class - 1)))
-        job = functools.partial(write_rich_clip, root=args.root, seed=args.seed, width=width, speakers=speakers)
+        job = functools.partial(write_rich_clip, root=args.root, seed=args.seed, width=width, speakers=speakers,
+                                room=ROOM[args.variety])
         tasks = [(d, i) for d in range(len(DIGITS)) for i in range(args.per_class)]
         tasks_per_class = args.per_class
     for word in DIGITS:

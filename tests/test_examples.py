@@ -23,7 +23,7 @@ from fewlabel.plugins.recipes.build import make_datamodule
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize("name", ["unfused_digits.yaml", "unfused_audio.yaml", "unfused_image.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.glob("*.yaml")))
 def test_example_configs_build(name: str) -> None:
     config = load_config("unfused", EXAMPLES / name)
     for stage in ("teacher", "student"):
@@ -52,6 +52,7 @@ GENERATORS = ["make_glyphs.py", "make_spoken_digits.py"]
 GENERATOR_RUNS = [
     pytest.param("make_glyphs.py", [], id="glyphs"),
     pytest.param("make_spoken_digits.py", ["--variety", "basic"], id="spoken-basic"),
+    pytest.param("make_spoken_digits.py", ["--variety", "noisy"], id="spoken-noisy"),
     pytest.param("make_spoken_digits.py", ["--variety", "rich"], id="spoken-rich"),
 ]
 
@@ -111,6 +112,24 @@ def test_spoken_digits_generator_feeds_the_audio_datamodule(tmp_path: Path) -> N
     assert dm.num_classes == 10 and dm.input_shape == (16000,)
     clip = dm.test_dataloader().dataset[0]["input"]
     assert clip.shape == (16000,) and 0.05 < float(clip.abs().max()) <= 1.0
+
+
+def test_noisy_spoken_digits_have_no_babble_or_reverb(monkeypatch: pytest.MonkeyPatch) -> None:
+    spoken = _script("make_spoken_digits.py")
+    names = spoken.make_rich_clip.__globals__  # the functions' own module globals
+    spoken_texts: list[str] = []
+    speak = names["speak"]
+    monkeypatch.setitem(names, "speak", lambda text, rng, who: spoken_texts.append(text) or speak(text, rng, who))
+    monkeypatch.setitem(names, "reverberate", lambda *args: pytest.fail("a noisy clip was reverberated"))
+    speakers = spoken.Speakers(*spoken.espeak_voices(), spoken.RICH_SPEEDS, spoken.RICH_PITCHES)
+    for index in range(12):
+        clip = spoken.make_rich_clip("seven", np.random.default_rng([0, 7, index]), speakers, spoken.ROOM["noisy"])
+        assert clip.shape == (spoken.CLIP_SAMPLES,) and clip.dtype == np.float32
+    assert spoken_texts == ["seven"] * 12  # one talker: the digit's
+    monkeypatch.setitem(names, "reverberate", lambda clip, response: clip)
+    for index in range(12):  # the rich room adds talkers to some of the same clips
+        spoken.make_rich_clip("seven", np.random.default_rng([0, 7, index]), speakers, spoken.ROOM["rich"])
+    assert len(spoken_texts) > 24
 
 
 @pytest.mark.parametrize(("name", "extra"), GENERATOR_RUNS)

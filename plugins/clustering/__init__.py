@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fewlabel.plugins.clustering.faiss_kmeans import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, faiss_threads, kmeans
 from fewlabel.plugins.clustering.pca import pca_whiten
-from fewlabel.plugins.clustering.pipeline import ClusterResult, cluster_embeddings, degenerate_clusters
+from fewlabel.plugins.clustering.pipeline import ClusterResult, cluster_embeddings, degenerate_clusters, keep_confident
 from fewlabel.plugins.clustering.select import PCA_DIM_CANDIDATES, select_pca_dim
 from fewlabel.plugins.evaluation.clustering import clustering_metrics
 
@@ -22,6 +22,7 @@ __all__ = [
     "clustering_metrics",
     "degenerate_clusters",
     "faiss_threads",
+    "keep_confident",
     "kmeans",
     "pca_whiten",
     "select_pca_dim",

@@ -116,8 +116,10 @@ def kmeans_transformed(
     other arguments are those of :func:`kmeans`.
 
     Returns:
-        ``(labels, centroids, inertia)``: int64 ``(N,)``, float32 ``(k, dim)`` and the sum over all
-        rows of the squared L2 distance to the assigned centroid.
+        ``(labels, centroids, inertia, margins)``: int64 ``(N,)``, float32 ``(k, dim)``, the sum over all
+        rows of the squared L2 distance to the assigned centroid, and float32 ``(N,)`` margins: each
+        row's squared distance to its second-nearest centroid minus that to its nearest (``inf`` when
+        ``k = 1``), a confidence of the assignment.
     """
     if niter < 1 or nredo < 1:
         raise ValueError(f"niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
@@ -152,6 +154,8 @@ def kmeans_transformed(
     )
     centroids_sq = None
     labels = np.empty(n, dtype=np.int64)
+    margins = np.full(n, np.inf, dtype=np.float32)
+    nearest = min(2, int(k))
     inertia = 0.0
     with faiss_threads(n * int(k) * dim if not ngpu else SINGLE_THREAD_WORK):
         km.train(train)
@@ -164,12 +168,14 @@ def kmeans_transformed(
             else:
                 block = read_rows(x, a, a + rows, None, fresh=transform is not None)
                 block = block if transform is None else transform(block, None)
-            dist, assign = km.index.search(block, 1)
+            dist, assign = km.index.search(block, nearest)
             labels[a : a + rows] = assign[:, 0]
             if centroids_sq is not None:
-                dist = np.einsum("ij,ij->i", block, block) + centroids_sq[assign[:, 0]] - 2.0 * dist[:, 0]
-            inertia += float(np.sum(dist, dtype=np.float64))
-    return labels, centroids, inertia
+                dist = np.einsum("ij,ij->i", block, block)[:, None] + centroids_sq[assign] - 2.0 * dist
+            inertia += float(np.sum(dist[:, 0], dtype=np.float64))
+            if nearest == 2:
+                margins[a : a + rows] = dist[:, 1] - dist[:, 0]
+    return labels, centroids, inertia, margins
 
 
 def kmeans(
@@ -219,7 +225,7 @@ def kmeans(
     x = as_matrix(x, chunk_size=chunk_size)
     check_num_clusters(k, x.shape[0])
     check_max_train_rows(max_train_rows, k)
-    labels, centroids, _ = kmeans_transformed(
+    labels, centroids, _, _ = kmeans_transformed(
         x, k, None, x.shape[1], niter=niter, seed=seed, spherical=spherical, nredo=nredo,
         max_train_rows=max_train_rows, use_gpu=use_gpu, chunk_size=chunk_size,
     )

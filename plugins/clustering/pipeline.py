@@ -31,6 +31,7 @@ __all__ = [
     "DEGENERATE_LARGEST_FRACTION",
     "cluster_embeddings",
     "degenerate_clusters",
+    "keep_confident",
 ]
 
 # A clustering is degenerate when more than this fraction of its clusters is empty, or when its
@@ -50,6 +51,8 @@ class ClusterResult:
         num_empty: number of clusters with no row.
         inertia: k-means objective, the sum over all ``N`` rows of the squared L2 distance to the
             assigned centroid in the clustered space.
+        margins: ``(N,)`` float32 confidence of each row's assignment: its squared distance to the
+            second-nearest centroid minus that to its own (``inf`` when ``k = 1``); ``None`` when unknown.
     """
 
     labels: np.ndarray
@@ -57,6 +60,7 @@ class ClusterResult:
     sizes: np.ndarray
     num_empty: int
     inertia: float = float("nan")
+    margins: np.ndarray | None = None
 
 
 def cluster_embeddings(
@@ -148,7 +152,7 @@ def cluster_embeddings(
         return out
 
     dim = d if proj is None else proj.matrix.shape[1]
-    labels, centroids, inertia = kmeans_transformed(
+    labels, centroids, inertia, margins = kmeans_transformed(
         x, k, None if proj is None and not l2_normalize else transform, dim, niter=niter, seed=seed,
         spherical=spherical, nredo=nredo, max_train_rows=max_train_rows, use_gpu=use_gpu, chunk_size=chunk_size,
     )
@@ -157,7 +161,8 @@ def cluster_embeddings(
     if problem is not None:
         warnings.warn(problem, UserWarning, stacklevel=2)
     return ClusterResult(
-        labels=labels, centroids=centroids, sizes=sizes, num_empty=int((sizes == 0).sum()), inertia=inertia
+        labels=labels, centroids=centroids, sizes=sizes, num_empty=int((sizes == 0).sum()), inertia=inertia,
+        margins=margins,
     )
 
 
@@ -192,3 +197,42 @@ def degenerate_clusters(sizes: Any) -> str | None:
         "across samples (train it longer or with a lower learning rate), PCA-whitening (pca_dim) so k-means "
         "sees the directions that vary, a smaller k, or more k-means restarts (nredo)."
     )
+
+
+def keep_confident(labels: Any, margins: Any, keep_fraction: float) -> np.ndarray:
+    """Which rows to keep: the ``keep_fraction`` most confident rows of every cluster.
+
+    Confidence is the assignment margin of :class:`ClusterResult` (the squared distance to the
+    second-nearest centroid minus that to the nearest): rows near a boundary between two clusters
+    are the likeliest to be wrong. Each cluster keeps ``ceil(keep_fraction * size)`` rows, so the
+    clusters keep their proportions. Ties are broken by row order.
+
+    Args:
+        labels: ``(N,)`` cluster of each row.
+        margins: ``(N,)`` their margins.
+        keep_fraction: in ``(0, 1]``; ``1`` keeps every row.
+
+    Returns:
+        ``(N,)`` bool mask of the kept rows.
+
+    Raises:
+        ValueError: shapes that differ, a fraction outside ``(0, 1]``, or NaN margins.
+
+    Example:
+        >>> keep_confident([0, 0, 1, 1], [0.9, 0.1, 0.5, 0.7], 0.5).tolist()
+        [True, False, False, True]
+    """
+    labels, margins = np.asarray(labels), np.asarray(margins, dtype=np.float64)
+    if labels.ndim != 1 or labels.shape != margins.shape:
+        raise ValueError(f"labels and margins must be 1-D of equal length, got {labels.shape} and {margins.shape}")
+    if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be a number in (0, 1], got {keep_fraction!r}")
+    if np.isnan(margins).any():
+        raise ValueError(f"{int(np.isnan(margins).sum())} margins are NaN")
+    keep = np.zeros(labels.shape[0], dtype=bool)
+    order = np.lexsort((np.arange(labels.shape[0]), -margins, labels))  # by cluster, then most confident first
+    sizes, start = np.bincount(labels.astype(np.int64)), 0
+    for size in sizes[sizes > 0]:
+        keep[order[start : start + int(np.ceil(keep_fraction * size))]] = True
+        start += size
+    return keep

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from fewlabel.plugins.encoders.base import check_input
 
+#: The per-clip level normalisations of :class:`LogMelFrontend` (``level=...``).
+LEVELS = (None, "rms", "mel_mean")
 #: ``eps`` added before the log; BYOL-A's ``torch.finfo(torch.float).eps`` (about 1.19e-7).
 DEFAULT_LOG_EPS: float = float(torch.finfo(torch.float32).eps)
 
@@ -129,6 +131,15 @@ class LogMelFrontend(nn.Module):
         normalize: Normalise with running mean/std (see above).
         norm_momentum: ``None`` = cumulative average of all values seen; a float in (0, 1] =
             exponential average with that weight on each new batch (see :class:`RunningNorm`).
+        level: ``None`` keeps each clip's recording level and colour (BYOL-A, UnFuSeD). ``"rms"`` scales
+            every clip to unit root-mean-square amplitude before the spectrogram (an all-zero clip stays
+            zero), so the embedding cannot encode how loud a clip was recorded: a gain of ``g`` dB
+            shifts every log-mel value of a clip by the same ``g * ln(10) / 10``, and where levels vary
+            across the data (microphones, distances) that shift is the largest direction in the
+            features, which a self-supervised teacher clusters by. ``"mel_mean"`` subtracts each clip's
+            mean over time from every mel band of its log-mel (cepstral mean normalisation), which
+            removes the level and any fixed colouring of the clip (microphone response, the tilt of
+            a stationary background) as well.
 
     Example:
         >>> frontend = LogMelFrontend()
@@ -149,8 +160,12 @@ class LogMelFrontend(nn.Module):
         eps: float = DEFAULT_LOG_EPS,
         normalize: bool = True,
         norm_momentum: float | None = None,
+        level: str | None = None,
     ) -> None:
         super().__init__()
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {sorted(LEVELS, key=str)}, got {level!r}")
+        self.level = level
         if not 0 <= f_min < f_max <= sample_rate / 2:
             raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}")
         if eps <= 0:
@@ -199,6 +214,12 @@ class LogMelFrontend(nn.Module):
                 f"LogMelFrontend needs more than n_fft // 2 = {self.n_fft // 2} samples, got shape {tuple(x.shape)}"
             )
         with torch.autocast(device_type=x.device.type, enabled=False):
-            mel = self.melspec(x.float())
+            x = x.float()
+            if self.level == "rms":
+                rms = x.square().mean(dim=-1, keepdim=True).sqrt()
+                x = x / torch.where(rms > 0, rms, torch.ones_like(rms))
+            mel = self.melspec(x)
             logmel = torch.log(mel + self.eps).unsqueeze(1)
+            if self.level == "mel_mean":
+                logmel = logmel - logmel.mean(dim=-1, keepdim=True)
             return self.norm(logmel)

@@ -29,8 +29,12 @@ class PseudoLabelMixin(nn.Module):
             raise ValueError(f"pseudo-labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
         self.pseudo_labels = labels.to(device=self.pseudo_labels.device, dtype=torch.long)
 
-    def lookup_pseudo_labels(self, index: Tensor) -> Tensor:
-        """Pseudo-labels of the samples at dataset positions ``index``; clear errors when unset."""
+    def lookup_pseudo_labels(self, index: Tensor, allow_missing: bool = False) -> Tensor:
+        """Pseudo-labels of the samples at dataset positions ``index``; clear errors when unset.
+
+        ``allow_missing=True`` returns ``-1`` for samples without a label (e.g. left out by a
+        confidence filter) instead of raising; the step then leaves them out of its loss.
+        """
         n = self.pseudo_labels.numel()
         if n == 0:
             raise RuntimeError(
@@ -40,7 +44,7 @@ class PseudoLabelMixin(nn.Module):
         if int(index.max()) >= n:
             raise IndexError(f"batch index {int(index.max())} is outside the pseudo-label table of {n} samples")
         labels = self.pseudo_labels[index]
-        if bool((labels < 0).any()):
+        if not allow_missing and bool((labels < 0).any()):
             raise RuntimeError("some samples in the batch have no pseudo-label (-1)")
         return labels
 

@@ -21,7 +21,9 @@ class SelfDistillation(PseudoLabelMixin, Method):
     """Train an encoder on per-sample pseudo-labels with a final exit and auxiliary exits.
 
     Needs ``self.pseudo_labels`` filled (e.g. by :class:`fewlabel.callbacks.PseudoLabeler` with
-    the teacher's encoder). The auxiliary heads exist only for training; use ``.encoder`` afterwards.
+    the teacher's encoder). Samples whose pseudo-label is ``-1`` (left out by the labeler's
+    ``keep_fraction``) still pass through the network, so BatchNorm sees the whole pool, but are left
+    out of every loss term. The auxiliary heads exist only for training; use ``.encoder`` afterwards.
 
     Args:
         encoder: A fewlabel encoder with ``forward_intermediates`` or a registry spec.
@@ -78,9 +80,16 @@ class SelfDistillation(PseudoLabelMixin, Method):
         return self.head(emb), [head(f) for head, f in zip(self.aux_heads, feats)]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        target = self.lookup_pseudo_labels(batch["index"])
+        target = self.lookup_pseudo_labels(batch["index"], allow_missing=True)
         (z,) = self.views(batch, 1)
         final, aux = self.forward_exits(z)
+        kept = target >= 0
+        if not bool(kept.all()):
+            final, aux, target = final[kept], [a[kept] for a in aux], target[kept]
+        if target.numel() == 0:  # every sample of this batch was left out: a zero loss that reaches every head
+            loss = sum((out.sum() for out in [final, *aux]), final.new_zeros(())) * 0.0
+            self.log_train("train/loss", loss, prog_bar=True)
+            return loss
         loss, parts = self.loss(final, aux, target)
         self.log_train("train/loss", loss, prog_bar=True)
         for key, value in parts.items():

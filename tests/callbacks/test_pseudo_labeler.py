@@ -120,6 +120,26 @@ def test_labels_filled_and_metrics_logged() -> None:
     assert [metrics for _, metrics in logger.logged] == [cb.metrics]
 
 
+def test_keep_fraction_drops_the_least_confident_samples_of_each_cluster() -> None:
+    L.seed_everything(0)
+    model, dm, logger = BoringPseudoModule(), BlobDataModule(), RecordingLogger()
+    x, y = dm.data.x, dm.data.y
+    centres = torch.stack([x[y == c].mean(0) for c in range(K)])
+    moved = np.flatnonzero(y.numpy() == 0)[:3]  # three samples of blob 0 moved next to the border with blob 1
+    x[moved] = 0.55 * centres[0] + 0.45 * centres[1] + 0.01 * torch.randn(3, DIM)
+    cb = PseudoLabeler(nredo=5, pca_dim=None, keep_fraction=0.8)
+    make_trainer(1, [cb], logger=logger).fit(model, datamodule=dm)
+    labels = model.pseudo_labels.numpy()
+    kept = labels >= 0
+    assert cb.metrics["pseudo_labels/kept_fraction"] == pytest.approx(kept.mean())
+    assert 0.75 <= kept.mean() <= 0.85
+    assert not kept[moved].any()  # the samples near a border are the least confident
+    assert cb.metrics["pseudo_labels/kept_accuracy"] == 1.0
+    full = PseudoLabeler(nredo=5, pca_dim=None)
+    make_trainer(1, [full], logger=False).fit(BoringPseudoModule(), datamodule=dm)
+    assert "pseudo_labels/kept_fraction" not in full.metrics
+
+
 def test_teacher_is_left_as_given_and_unseen_samples_keep_minus_one() -> None:
     dm = BlobDataModule()
     model, teacher = BoringPseudoModule(), nn.Linear(DIM, DIM)
@@ -231,6 +251,9 @@ def test_missing_pseudo_label_buffer_is_named() -> None:
         ({"teacher": "resnet"}, "teacher must be an nn.Module"),
         ({"dataloader": 5}, "dataloader must be a DataLoader, a zero-argument callable"),
         ({"label_key": ""}, "label_key must be a non-empty string"),
+        ({"keep_fraction": 0.0}, r"keep_fraction must be a number in \(0, 1\]"),
+        ({"keep_fraction": 1.2}, r"keep_fraction must be a number in \(0, 1\]"),
+        ({"keep_fraction": "half"}, r"keep_fraction must be a number in \(0, 1\]"),
     ],
 )
 def test_bad_kwargs(kwargs: dict[str, Any], match: str) -> None:

@@ -118,6 +118,33 @@ def test_frontend_unnormalised_is_log_mel() -> None:
     torch.testing.assert_close(fe(x)[:, 0], torch.log(mel + torch.finfo(torch.float32).eps))
 
 
+def test_frontend_rms_level_removes_the_recording_gain() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16000) * torch.tensor([[0.01], [0.3], [2.0]])
+    plain, levelled = LogMelFrontend(normalize=False), LogMelFrontend(normalize=False, level="rms")
+    # a gain shifts every log-mel value of a clip by the same amount ...
+    shift = plain(5.0 * x) - plain(x)
+    torch.testing.assert_close(shift, torch.full_like(shift, 2 * math.log(5.0)), atol=1e-4, rtol=0)
+    # ... which level="rms" removes: every clip is at unit RMS before the spectrogram
+    torch.testing.assert_close(levelled(5.0 * x), levelled(x), atol=1e-4, rtol=0)
+    unit = x / x.square().mean(-1, keepdim=True).sqrt()
+    torch.testing.assert_close(levelled(x), plain(unit), atol=1e-4, rtol=0)
+    silent = levelled(torch.zeros(1, 16000))
+    torch.testing.assert_close(silent, plain(torch.zeros(1, 16000)))
+    with pytest.raises(ValueError, match="level must be one of"):
+        LogMelFrontend(level="peak")
+
+
+def test_frontend_mel_mean_level_removes_each_bands_clip_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 8000)
+    plain, centred = LogMelFrontend(normalize=False), LogMelFrontend(normalize=False, level="mel_mean")
+    out = centred(x)
+    torch.testing.assert_close(out, plain(x) - plain(x).mean(dim=-1, keepdim=True))
+    torch.testing.assert_close(out.mean(dim=-1), torch.zeros(2, 1, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(centred(0.2 * x), out, atol=1e-4, rtol=0)  # the gain is gone too
+
+
 def test_pure_tone_peaks_in_the_right_mel_bin() -> None:
     # Hand-computed HTK mel centres: 66 equally spaced mel points between 60 and 7800 Hz.
     lo, hi = _hz_to_mel(60.0), _hz_to_mel(7800.0)

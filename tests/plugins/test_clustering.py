@@ -15,6 +15,7 @@ from fewlabel.plugins.clustering import (
     ClusterResult,
     cluster_embeddings,
     degenerate_clusters,
+    keep_confident,
     kmeans,
     pca_whiten,
 )
@@ -344,3 +345,44 @@ def test_select_pca_dim_prefers_the_dimensions_that_separate_the_classes() -> No
             select_pca_dim(*bad)
     with pytest.raises(ValueError, match="at least one candidate"):
         select_pca_dim(pool, val, labels, 3, candidates=())
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_margins_are_second_minus_first_squared_distance(spherical: bool) -> None:
+    x, _ = blobs(n_per=30, k=4, dim=8)
+    res = cluster_embeddings(x, 4, pca_dim=6, spherical=spherical, chunk_size=50)
+    # brute force in the clustered space: the same PCA-whitening and L2 normalisation, then all distances
+    z = pca_whiten(x, 6)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    d2 = ((z[:, None, :] - res.centroids[None]) ** 2).sum(-1)
+    two = np.sort(d2, axis=1)[:, :2]
+    assert np.array_equal(np.argmin(d2, axis=1), res.labels)
+    np.testing.assert_allclose(res.margins, two[:, 1] - two[:, 0], atol=1e-3)  # faiss: float32 expansions
+    assert res.margins.dtype == np.float32 and (res.margins >= -1e-5).all()
+    assert np.isinf(cluster_embeddings(x, 1, pca_dim=None).margins).all()  # one cluster: no runner-up
+
+
+def test_keep_confident_keeps_the_widest_margins_of_every_cluster() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    margins = np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.7, 1.0, 0.0, 0.8, 0.6, 0.4, 0.2])
+    keep = keep_confident(labels, margins, 0.5)
+    # ceil(0.5 * size) per cluster: 2 of 4, 1 of 2, 3 of 6, the largest margins each
+    assert np.flatnonzero(keep).tolist() == [1, 2, 5, 6, 8, 9]
+    assert keep_confident(labels, margins, 1.0).all()
+    assert keep_confident(labels, margins, 0.01).sum() == 3  # at least one row per cluster
+    assert keep_confident(np.array([3, 3]), np.array([0.5, 0.5]), 0.5).tolist() == [True, False]  # ties: row order
+
+
+@pytest.mark.parametrize(
+    ("labels", "margins", "fraction", "match"),
+    [
+        ([0, 1], [0.1], 0.5, "equal length"),
+        ([0, 1], [0.1, 0.2], 0.0, "keep_fraction"),
+        ([0, 1], [0.1, 0.2], 1.5, "keep_fraction"),
+        ([0, 1], [0.1, 0.2], True, "keep_fraction"),
+        ([0, 1], [0.1, np.nan], 0.5, "NaN"),
+    ],
+)
+def test_keep_confident_errors(labels: Any, margins: Any, fraction: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        keep_confident(np.array(labels), np.array(margins), fraction)

@@ -224,6 +224,23 @@ def test_self_distillation_learns_given_labels_and_checkpoints_them(digits: Digi
     assert torch.equal(fresh.pseudo_labels, module.pseudo_labels)
 
 
+def test_self_distillation_leaves_unlabeled_samples_out_of_the_loss() -> None:
+    torch.manual_seed(0)
+    module = SelfDistillation({"name": "small_cnn", "width": 4}, num_classes=3, num_samples=6)
+    module.set_pseudo_labels(torch.tensor([0, -1, 2, 1, -1, 0]))
+    batch = {"input": torch.randn(6, 1, 8, 8), "index": torch.arange(6), "label": torch.full((6,), -1)}
+    module.eval()  # deterministic forward: the same exits for the whole batch and for the comparison
+    final, aux = module.forward_exits(module.views(batch, 1)[0])
+    kept = torch.tensor([0, 2, 3, 5])
+    expected, _ = module.loss(final[kept], [a[kept] for a in aux], torch.tensor([0, 2, 1, 0]))
+    torch.testing.assert_close(module.training_step(batch, 0), expected)
+    module.set_pseudo_labels(torch.full((6,), -1))  # a batch with no label left: zero loss, gradients reach the heads
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert loss.item() == 0.0 and module.head.weight.grad is not None
+    assert torch.count_nonzero(module.head.weight.grad) == 0
+
+
 def test_self_distillation_aux_heads_follow_the_unfused_code() -> None:
     # LAPE src/upstream/unfused/upstream_expert.py (Project): 2 x [Linear no bias, BN, ReLU] with
     # hidden width = number of classes, then Linear -> classes without bias; AudioNTT exits 2048/1024/512.
