@@ -9,8 +9,8 @@ pool's hidden labels (which only score, never shape a label), these ways of labe
   (the best one-to-one map of clusters to classes, which no label-free recipe can know, so it is an
   upper bound of what the student learns), and NMI.
 * ``k-means restarts``: the same with 1 and 20 k-means restarts (the best objective kept).
-* ``confident q``: the same clusters, only the fraction ``q`` of pool samples with the largest
-  margin between their nearest and second-nearest centroid (what a confidence filter would keep):
+* ``confident q``: the run's clusters, only the fraction ``q`` of each cluster with the largest
+  margin between nearest and second-nearest centroid (what ``pseudo_labels.keep_fraction: q`` keeps):
   Hungarian accuracy on the kept part.
 * Levers that use the draw's few labels (per label budget, mean over the run's draws; only the
   draw's labeled pool samples are used, as fine-tuning would):
@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 import torch
 
-from fewlabel.plugins.clustering import select_pca_dim
+from fewlabel.plugins.clustering import keep_confident, select_pca_dim
 from fewlabel.plugins.clustering.pca import EIG_RTOL, PCA_MAX_POINTS, fit_projection
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import gather_embeddings
@@ -54,15 +54,12 @@ QUANTILES = (0.5, 0.75, 0.9)
 MULTIPLES = (1, 2, 3, 5)
 
 
-def features(pool: np.ndarray, val: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The recipe's clustering space: PCA-whitening (fitted on the pool) to ``dim``, L2 normalisation."""
+def features(pool: np.ndarray, dim: int) -> np.ndarray:
+    """The recipe's clustering space: PCA-whitening to ``dim``, then L2 normalisation."""
     proj = fit_projection(pool, dim, -0.5, rows=len(pool), seed=0, max_points=PCA_MAX_POINTS, eig_rtol=EIG_RTOL)
-    out = []
-    for x in (pool, val):
-        z = np.ascontiguousarray(proj.apply(np.array(x, dtype=np.float32)))
-        faiss.normalize_L2(z)
-        out.append(z)
-    return out[0], out[1]
+    z = np.ascontiguousarray(proj.apply(np.array(pool, dtype=np.float32)))
+    faiss.normalize_L2(z)
+    return z
 
 
 def kmeans(z: np.ndarray, k: int, init: np.ndarray | None = None, nredo: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -99,18 +96,16 @@ def score_encoder(name: str, pool: np.ndarray, val: np.ndarray, val_labels: np.n
                   draws: dict[int, list[np.ndarray]], num_classes: int, nredo: int) -> dict[str, Any]:
     c = num_classes
     dim, val_nmi = select_pca_dim(pool, val, val_labels, c, nredo=nredo)
-    z, _ = features(pool, val, dim)
+    z = features(pool, dim)
     row: dict[str, Any] = {"pca_dim": dim, "val_nmi": val_nmi}
     for restarts in sorted({nredo, 1, 20}):
-        a, _ = kmeans(z, c, nredo=restarts)
+        a, d = kmeans(z, c, nredo=restarts)
         row[f"kmeans nredo={restarts}"] = clustering_metrics(a[:, 0], truth)
-    assign, dist = kmeans(z, c, nredo=nredo)
-    base = clustering_metrics(assign[:, 0], truth)
-    row["kmeans"] = {"accuracy": base["accuracy"], "nmi": base["nmi"]}
-    margin = dist[:, 1] - dist[:, 0]
+        if restarts == nredo:  # the run's own clusters: what a confidence filter would keep of them
+            assign, margin = a[:, 0], d[:, 1] - d[:, 0]
     for q in QUANTILES:
-        kept = np.argsort(-margin)[: int(round(q * len(z)))]
-        row[f"confident {q}"] = clustering_metrics(assign[kept, 0], truth[kept])["accuracy"]
+        kept = keep_confident(assign, margin, q)
+        row[f"confident {q}"] = clustering_metrics(assign[kept], truth[kept])["accuracy"]
     for m in MULTIPLES:
         a, _ = kmeans(z, m * c, nredo=nredo)
         km_centroids = np.stack([z[a[:, 0] == j].mean(axis=0) if (a[:, 0] == j).any() else np.zeros(z.shape[1])
