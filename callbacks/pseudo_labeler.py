@@ -16,6 +16,7 @@ from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.clustering import (
     KMEANS_MAX_TRAIN_ROWS,
     PCA_DIM_CANDIDATES,
+    check_keep_fraction,
     check_max_train_rows,
     cluster_embeddings,
     keep_confident,
@@ -124,9 +125,7 @@ class PseudoLabeler(L.Callback):
             "recluster_every_n_epochs", recluster_every_n_epochs, 1, "None (cluster once at fit start)", owner=owner
         )
         check_int("seed", seed, 0, owner=owner)
-        if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
-            raise ValueError(f"PseudoLabeler: keep_fraction must be a number in (0, 1] (1 = label every sample), "
-                             f"got {keep_fraction!r}")
+        check_keep_fraction(keep_fraction, owner)
         if not isinstance(whiten, bool):
             raise ValueError(f"whiten must be True or False, got {whiten!r}")
         if teacher is not None and not isinstance(teacher, nn.Module):
@@ -246,19 +245,19 @@ class PseudoLabeler(L.Callback):
                                              self.pca_dim_candidates, **settings)
             chosen = {"pca_dim": pca_dim, "val_nmi": {str(d): s for d, s in scores.items()}}
         result = cluster_embeddings(emb.embeddings, k, pca_dim=pca_dim, **settings)
-        kept = np.ones(len(result.labels), dtype=bool)
-        if self.keep_fraction < 1:
-            kept = keep_confident(result.labels, result.margins, self.keep_fraction)
+        filtered = self.keep_fraction < 1
+        kept = (keep_confident(result.labels, result.margins, self.keep_fraction) if filtered
+                else np.ones(len(result.labels), dtype=bool))
         table = np.full(size, -1, dtype=np.int64)
         table[emb.indices[kept]] = result.labels[kept]
         metrics: dict[str, float] = {}
         if (emb.labels >= 0).any():
             scores = clustering_metrics(result.labels, emb.labels)
             metrics.update({f"pseudo_labels/{name}": value for name, value in scores.items()})
-            if self.keep_fraction < 1 and (emb.labels[kept] >= 0).any():
+            if filtered and (emb.labels[kept] >= 0).any():
                 kept_scores = clustering_metrics(result.labels[kept], emb.labels[kept])
                 metrics["pseudo_labels/kept_accuracy"] = kept_scores["accuracy"]
-        if self.keep_fraction < 1:
+        if filtered:
             metrics["pseudo_labels/kept_fraction"] = float(kept.mean())
         metrics["pseudo_labels/cluster_size_min"] = float(result.sizes.min())
         metrics["pseudo_labels/cluster_size_max"] = float(result.sizes.max())

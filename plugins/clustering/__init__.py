@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from fewlabel.plugins.clustering.faiss_kmeans import KMEANS_MAX_TRAIN_ROWS, check_max_train_rows, faiss_threads, kmeans
 from fewlabel.plugins.clustering.pca import pca_whiten
-from fewlabel.plugins.clustering.pipeline import ClusterResult, cluster_embeddings, degenerate_clusters, keep_confident
+from fewlabel.plugins.clustering.pipeline import (
+    ClusterResult,
+    check_keep_fraction,
+    cluster_embeddings,
+    degenerate_clusters,
+    keep_confident,
+)
 from fewlabel.plugins.clustering.select import PCA_DIM_CANDIDATES, select_pca_dim
 from fewlabel.plugins.evaluation.clustering import clustering_metrics
 
@@ -17,6 +23,7 @@ __all__ = [
     "ClusterResult",
     "KMEANS_MAX_TRAIN_ROWS",
     "PCA_DIM_CANDIDATES",
+    "check_keep_fraction",
     "check_max_train_rows",
     "cluster_embeddings",
     "clustering_metrics",

@@ -29,6 +29,7 @@ __all__ = [
     "ClusterResult",
     "DEGENERATE_EMPTY_FRACTION",
     "DEGENERATE_LARGEST_FRACTION",
+    "check_keep_fraction",
     "cluster_embeddings",
     "degenerate_clusters",
     "keep_confident",
@@ -199,6 +200,14 @@ def degenerate_clusters(sizes: Any) -> str | None:
     )
 
 
+def check_keep_fraction(keep_fraction: Any, owner: str = "") -> None:
+    """Raise a ``ValueError`` naming ``owner`` unless ``keep_fraction`` is a number in ``(0, 1]``."""
+    if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}keep_fraction must be a number in (0, 1] (1 = keep every row), "
+                         f"got {keep_fraction!r}")
+
+
 def keep_confident(labels: Any, margins: Any, keep_fraction: float) -> np.ndarray:
     """Which rows to keep: the ``keep_fraction`` most confident rows of every cluster.
 
@@ -225,8 +234,7 @@ def keep_confident(labels: Any, margins: Any, keep_fraction: float) -> np.ndarra
     labels, margins = np.asarray(labels), np.asarray(margins, dtype=np.float64)
     if labels.ndim != 1 or labels.shape != margins.shape:
         raise ValueError(f"labels and margins must be 1-D of equal length, got {labels.shape} and {margins.shape}")
-    if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
-        raise ValueError(f"keep_fraction must be a number in (0, 1], got {keep_fraction!r}")
+    check_keep_fraction(keep_fraction)
     if np.isnan(margins).any():
         raise ValueError(f"{int(np.isnan(margins).sum())} margins are NaN")
     keep = np.zeros(labels.shape[0], dtype=bool)

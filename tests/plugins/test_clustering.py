@@ -14,6 +14,7 @@ from fewlabel.plugins.clustering import (
     KMEANS_MAX_TRAIN_ROWS,
     ClusterResult,
     cluster_embeddings,
+    check_keep_fraction,
     degenerate_clusters,
     keep_confident,
     kmeans,
@@ -386,3 +387,10 @@ def test_keep_confident_keeps_the_widest_margins_of_every_cluster() -> None:
 def test_keep_confident_errors(labels: Any, margins: Any, fraction: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         keep_confident(np.array(labels), np.array(margins), fraction)
+
+
+def test_check_keep_fraction_names_its_owner() -> None:
+    check_keep_fraction(1)
+    check_keep_fraction(0.25)
+    with pytest.raises(ValueError, match=r"^Labeler: keep_fraction must be a number in \(0, 1\].*got -0\.5$"):
+        check_keep_fraction(-0.5, "Labeler")
