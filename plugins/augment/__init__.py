@@ -7,7 +7,7 @@ each view its own pipeline (BYOL's asymmetric views: :func:`byol_views`).
 
 from __future__ import annotations
 
-from fewlabel.plugins.augment.byola import ByolaAugment, MixupBYOLA, RandomResizeCrop
+from fewlabel.plugins.augment.byola import ByolaAugment, MixupBYOLA, RandomLinearFader, RandomResizeCrop
 from fewlabel.plugins.augment.factory import AUGMENTS, create_augment, list_augments, register_augment, view_pipelines
 from fewlabel.plugins.augment.image import BatchImageAugment, gaussian_blur, solarize
 from fewlabel.plugins.augment.multicrop import MultiCrop
@@ -24,6 +24,7 @@ __all__ = [
     "MixupBYOLA",
     "MultiCrop",
     "NUM_ROTATIONS",
+    "RandomLinearFader",
     "RandomResizeCrop",
     "SpecAugment",
     "TorchvisionAugment",

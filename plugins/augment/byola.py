@@ -2,8 +2,9 @@
 
 From Niizumi et al., "BYOL for Audio: Self-Supervised Learning for General-Purpose Audio
 Representation", 2021, arXiv 2103.06695 (Sec. 3.2): log-mixup-exp with a memory of past inputs, then a
-random resize crop of the spectrogram. UnFuSeD (Ghosh et al., 2023, arXiv 2303.05668) pretrains its
-teacher with them. BYOL-A applies them one sample at a time on the CPU; here they act on a whole
+random resize crop of the spectrogram; BYOL-A v2 (Niizumi et al., IEEE/ACM TASLP 31, 2023,
+arXiv 2204.07402) adds a random linear fader after them. UnFuSeD (Ghosh et al., 2023,
+arXiv 2303.05668) pretrains its teacher with the first two. BYOL-A applies them one sample at a time on the CPU; here they act on a whole
 normalised log-mel batch ``(B, C, F, T)`` (``C = 1`` for audio) with per-sample random parameters,
 drawn from torch's global RNG (seed with ``torch.manual_seed``). All numerics run in float32 with
 autocast disabled.
@@ -202,10 +203,64 @@ class RandomResizeCrop(nn.Module):
             return F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=True)
 
 
-class ByolaAugment(nn.Module):
-    """BYOL-A's spectrogram augmentation: :class:`MixupBYOLA` then :class:`RandomResizeCrop`.
+class RandomLinearFader(nn.Module):
+    """BYOL-A v2's random linear fader (Niizumi et al., 2023, arXiv 2204.07402).
 
-    Call it once per view; two calls on one batch give BYOL-A's two views (arXiv 2103.06695).
+    Adds to each log-mel sample a gain that moves linearly over time from ``head`` to ``tail``, both
+    ``~ U(-gain, gain)`` in the normalised log-mel's units: the views of one clip then differ in
+    loudness and its course, so an SSL objective cannot match them by their recording level. The two
+    ends are drawn per sample from torch's global RNG; float32, autocast off.
+
+    Args:
+        gain: Largest ramp-end gain; BYOL-A v2 uses 1.0; 0 is the identity.
+
+    Raises:
+        ValueError: ``gain`` is negative or not a number.
+
+    Example:
+        >>> fader = RandomLinearFader(gain=1.0)
+        >>> y = fader(torch.zeros(2, 1, 3, 5))
+        >>> bool(torch.allclose(y[:, :, 0], y[:, :, 2]))  # the same gain in every mel band
+        True
+    """
+
+    def __init__(self, gain: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain >= 0.0:
+            raise ValueError(f"gain is the largest ramp-end gain, a number >= 0, got {gain!r}")
+        self.gain = float(gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Add each sample's random linear gain ramp over time.
+
+        Args:
+            x: Normalised log-mel batch ``(B, C, F, T)``.
+
+        Returns:
+            The faded batch, float32, same shape.
+
+        Raises:
+            ValueError: ``x`` is not 4-d.
+        """
+        check_input(x, (4,), "RandomLinearFader")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            b, t = x.shape[0], x.shape[3]
+            ends = uniform(2 * b, -self.gain, self.gain, x.device).view(b, 2)  # (head, tail) per sample
+            ramp = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * torch.linspace(0.0, 1.0, t, device=x.device)
+            return x + ramp.view(b, 1, 1, t)
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain}"
+
+
+class ByolaAugment(nn.Module):
+    """BYOL-A's spectrogram augmentation: :class:`MixupBYOLA`, :class:`RandomResizeCrop`, then optionally
+    :class:`RandomLinearFader`.
+
+    Call it once per view; two calls on one batch give BYOL-A's two views (arXiv 2103.06695). With
+    ``fader_gain=1.0`` it is BYOL-A v2's chain (arXiv 2204.07402); the defaults (no fader) are v1's,
+    which UnFuSeD uses.
 
     Args:
         ratio: Mixup ratio (see :class:`MixupBYOLA`).
@@ -214,9 +269,11 @@ class ByolaAugment(nn.Module):
         freq_scale: See :class:`RandomResizeCrop`.
         time_scale: See :class:`RandomResizeCrop`.
         interpolation: See :class:`RandomResizeCrop`.
+        fader_gain: :class:`RandomLinearFader`'s ``gain``; 0 (default) = no fader.
 
     Raises:
-        ValueError: a bad argument (see :class:`MixupBYOLA` and :class:`RandomResizeCrop`).
+        ValueError: a bad argument (see :class:`MixupBYOLA`, :class:`RandomResizeCrop` and
+            :class:`RandomLinearFader`).
 
     Example:
         >>> aug = ByolaAugment(memory_size=16)
@@ -234,13 +291,17 @@ class ByolaAugment(nn.Module):
         freq_scale: tuple[float, float] = (0.6, 1.5),
         time_scale: tuple[float, float] = (0.6, 1.5),
         interpolation: str = "bicubic",
+        fader_gain: float = 0.0,
     ) -> None:
         super().__init__()
         self.mixup = MixupBYOLA(ratio=ratio, memory_size=memory_size)
         self.crop = RandomResizeCrop(
             virtual_crop_scale=virtual_crop_scale, freq_scale=freq_scale, time_scale=time_scale, interpolation=interpolation
         )
+        fader = RandomLinearFader(gain=fader_gain)
+        self.fader = fader if fader.gain > 0.0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Augment a normalised log-mel batch ``(B, C, F, T)``; returns float32 of the same shape."""
-        return self.crop(self.mixup(x))
+        x = self.crop(self.mixup(x))
+        return x if self.fader is None else self.fader(x)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import fewlabel.plugins.augment as augment
-from fewlabel.plugins.augment import ByolaAugment, MixupBYOLA, RandomResizeCrop
+from fewlabel.plugins.augment import ByolaAugment, MixupBYOLA, RandomLinearFader, RandomResizeCrop
 
 
 def test_public_surface() -> None:
-    assert {"ByolaAugment", "MixupBYOLA", "RandomResizeCrop"} <= set(augment.__all__)
+    assert {"ByolaAugment", "MixupBYOLA", "RandomLinearFader", "RandomResizeCrop"} <= set(augment.__all__)
     assert augment.__all__ == sorted(augment.__all__)
     assert all(hasattr(augment, name) for name in augment.__all__)
 
@@ -139,6 +139,46 @@ def test_rrc_bf16_input_gives_float32() -> None:
     assert out.dtype == torch.float32
 
 
+# ---------------------------------------------------------------- linear fader (BYOL-A v2)
+
+
+def test_fader_adds_one_linear_time_ramp_per_sample_within_gain() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, 5, 7)
+    ramp = RandomLinearFader(gain=0.5)(x) - x
+    assert torch.allclose(ramp, ramp[:, :1, :1].expand_as(ramp), atol=1e-6)  # same for every channel and band
+    steps = ramp[:, 0, 0].diff(dim=1)
+    torch.testing.assert_close(steps, steps[:, :1].expand_as(steps), atol=1e-6, rtol=0)  # linear in time
+    ends = ramp[:, 0, 0, [0, -1]]
+    assert ends.abs().max() <= 0.5 and ends.abs().max() > 0.3  # U(-gain, gain) at both ends
+    assert ends.std(dim=0).min() > 0.1  # a ramp of its own per sample
+    torch.manual_seed(0)
+    torch.randn(64, 2, 5, 7)
+    head, tail = (torch.rand(128) * 1.0 - 0.5).view(64, 2).unbind(1)  # one U(-0.5, 0.5) draw per end, head first
+    torch.testing.assert_close(ends, torch.stack([head, tail], dim=1))
+
+
+def test_fader_off_is_identity_and_output_is_float32() -> None:
+    x = torch.randn(2, 1, 4, 5).to(torch.bfloat16)
+    y = RandomLinearFader(gain=0.0)(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, x.float(), rtol=0, atol=0)
+
+
+def test_byola_augment_fader_is_opt_in_and_comes_last() -> None:
+    assert ByolaAugment().fader is None  # BYOL-A v1, as UnFuSeD uses it
+    z = torch.randn(4, 1, 16, 20)
+    plain, faded = ByolaAugment(memory_size=8), ByolaAugment(memory_size=8, fader_gain=1.0)
+    plain(z), faded(z)  # fill the memories: the next calls mix
+    torch.manual_seed(0)
+    v1 = plain(z)
+    torch.manual_seed(0)
+    ramp = faded(z) - v1  # same mixup and crop draws, then the fader's ramp on top
+    steps = ramp[:, 0, 0].diff(dim=1)
+    torch.testing.assert_close(steps, steps[:, :1].expand_as(steps), atol=1e-5, rtol=0)
+    assert ramp.abs().max() > 0
+
+
 # ---------------------------------------------------------------- composed + errors
 
 
@@ -152,7 +192,7 @@ def test_byola_augment_two_views() -> None:
     assert aug.mixup._count == 8
 
 
-@pytest.mark.parametrize("module", [MixupBYOLA(), RandomResizeCrop(), ByolaAugment()])
+@pytest.mark.parametrize("module", [MixupBYOLA(), RandomResizeCrop(), ByolaAugment(), RandomLinearFader()])
 def test_wrong_input_dims_raise(module: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="4 dims"):
         module(torch.randn(2, 64, 96))
@@ -171,3 +211,7 @@ def test_bad_arguments_raise() -> None:
         MixupBYOLA(memory_size=2.5)
     with pytest.raises(ValueError, match="ratio is the largest mixing weight, in \\[0, 1\\]"):
         MixupBYOLA(ratio=-0.1)
+    with pytest.raises(ValueError, match="gain is the largest ramp-end gain, a number >= 0, got -1"):
+        RandomLinearFader(gain=-1)
+    with pytest.raises(ValueError, match="gain is the largest ramp-end gain"):
+        ByolaAugment(fader_gain=True)
