@@ -37,13 +37,19 @@ from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.unfused import run_finetune, run_student, run_teacher
 
 
-def load(config: dict[str, Any], run: Path) -> tuple[FewLabelDataModule, dict[str, nn.Module]]:
-    """The run's data and its finished teacher and student encoders (reused, not retrained)."""
+def load(config: dict[str, Any], run: Path,
+         student: bool = True) -> tuple[FewLabelDataModule, dict[str, nn.Module]]:
+    """The run's data and its finished teacher and (unless ``student=False``) student encoders.
+
+    Both are reused from the run folder, not retrained.
+    """
     dm = make_datamodule(config["data"])
     dm.setup("fit")
     teacher = run_teacher(config, dm, run, "none")
-    student, _ = run_student(config, dm, teacher.encoder, run, "none")
-    return dm, {"teacher": teacher.encoder, "student": student.encoder}
+    encoders = {"teacher": teacher.encoder}
+    if student:
+        encoders["student"] = run_student(config, dm, teacher.encoder, run, "none")[0].encoder
+    return dm, encoders
 
 
 def sweep(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[str, nn.Module], together: bool,

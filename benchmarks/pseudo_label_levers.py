@@ -40,13 +40,10 @@ import faiss
 import numpy as np
 import torch
 
-from fewlabel.plugins.clustering import keep_confident, select_pca_dim
-from fewlabel.plugins.clustering.pca import EIG_RTOL, PCA_MAX_POINTS, fit_projection
+from fewlabel.plugins.clustering import keep_confident, pca_whiten, select_pca_dim
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import gather_embeddings
-from fewlabel.plugins.recipes.build import make_datamodule
 from fewlabel.plugins.recipes.config import load_config
-from fewlabel.plugins.recipes.unfused import run_teacher
 
 from finetune_sweep import load  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -56,8 +53,7 @@ MULTIPLES = (1, 2, 3, 5)
 
 def features(pool: np.ndarray, dim: int) -> np.ndarray:
     """The recipe's clustering space: PCA-whitening to ``dim``, then L2 normalisation."""
-    proj = fit_projection(pool, dim, -0.5, rows=len(pool), seed=0, max_points=PCA_MAX_POINTS, eig_rtol=EIG_RTOL)
-    z = np.ascontiguousarray(proj.apply(np.array(pool, dtype=np.float32)))
+    z = pca_whiten(pool, dim)
     faiss.normalize_L2(z)
     return z
 
@@ -147,12 +143,7 @@ def main() -> None:
     config = load_config("unfused", stored, [])
     if config.get("num_threads"):
         torch.set_num_threads(int(config["num_threads"]))
-    if args.teacher_only:
-        dm = make_datamodule(config["data"])
-        dm.setup("fit")
-        encoders = {"teacher": run_teacher(config, dm, args.run, "none").encoder}
-    else:
-        dm, encoders = load(config, args.run)
+    dm, encoders = load(config, args.run, student=not args.teacher_only)
     truth = dm.pool_targets
     ft = config["finetune"]
     draws = {b: [dm.with_labels(b, s).labeled_indices for s in ft["seeds"]] for b in ft["labels_per_class"]}
