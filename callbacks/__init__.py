@@ -12,6 +12,7 @@ from fewlabel.callbacks.eval import (
     SeparabilityMonitor,
 )
 from fewlabel.callbacks.finite_loss import FiniteLossGuard
+from fewlabel.callbacks.progress import StageProgressBar
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
 from fewlabel.callbacks.rng_state import RNGStateKeeper
 from fewlabel.callbacks.tta import TestTimeAdaptation
@@ -27,5 +28,6 @@ __all__ = [
     "PseudoLabeler",
     "RNGStateKeeper",
     "SeparabilityMonitor",
+    "StageProgressBar",
     "TestTimeAdaptation",
 ]

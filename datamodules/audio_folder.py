@@ -14,7 +14,7 @@ from torch import Tensor
 from fewlabel.datamodules.budget import _check_int
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
-__all__ = ["AudioFileDataset", "AudioFolderDataModule", "crop_or_pad"]
+__all__ = ["AudioFileDataset", "AudioFolderDataModule", "crop_or_pad", "mono_waveform"]
 
 AUDIO_ALIASES = {".aif": "AIFF", ".oga": "OGG", ".snd": "AU", ".sph": "NIST"}
 
@@ -61,6 +61,17 @@ def crop_or_pad(wave: Tensor, num_samples: int, train: bool) -> Tensor:
     return wave[start : start + num_samples]
 
 
+def mono_waveform(data: np.ndarray, rate: int, sample_rate: int) -> Tensor:
+    """``(frames, channels)`` (or ``(frames,)``) samples at ``rate`` as a mono ``float32`` waveform at
+    ``sample_rate``: channels averaged, resampled with :func:`torchaudio.functional.resample`."""
+    data = np.asarray(data, dtype=np.float32)
+    mono = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data
+    wave = torch.from_numpy(np.ascontiguousarray(mono))
+    if rate != sample_rate:
+        wave = AF.resample(wave, orig_freq=int(rate), new_freq=sample_rate)
+    return wave.contiguous()
+
+
 class AudioFileDataset(FileDataset):
     """Audio files decoded with ``soundfile`` into mono waveforms at ``sample_rate``.
 
@@ -98,10 +109,7 @@ class AudioFileDataset(FileDataset):
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         if data.shape[0] == 0:
             raise ValueError("file has no audio frames")
-        wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
-        if rate != self.sample_rate:
-            wave = AF.resample(wave, orig_freq=int(rate), new_freq=self.sample_rate)
-        return wave.contiguous()
+        return mono_waveform(data, int(rate), self.sample_rate)
 
     def finish(self, value: Tensor, train: bool) -> Tensor:
         """Random (train) or centre crop, or zero-pad, to ``num_samples``."""

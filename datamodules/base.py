@@ -24,14 +24,18 @@ class DatasetSplits(NamedTuple):
     """What :meth:`FewLabelDataModule.load_splits` returns.
 
     Attributes:
-        train: The training part (the pool plus the validation split carved from it).
+        train: The training part (the pool plus, unless ``val`` is given, the validation split
+            carved from it).
         test: The test split.
         class_names: Name of each class; targets index into it.
+        val: A dataset's official validation split (e.g. Speech Commands' ``validation_list.txt``),
+            used instead of carving one off ``train`` when ``val_fraction > 0``; ``None`` = carve.
     """
 
     train: FewLabelDataset
     test: FewLabelDataset
     class_names: list[str]
+    val: FewLabelDataset | None = None
 
 
 class FewLabelDataModule(L.LightningDataModule):
@@ -39,7 +43,8 @@ class FewLabelDataModule(L.LightningDataModule):
 
     ``setup()`` calls :meth:`load_splits` once, then carves a stratified validation split
     (``val_fraction`` of the training part, always with seed 0, so it is the same for
-    every label draw) off the training part. What is left is the *pool*. The labeled set
+    every label draw) off the training part, or takes the dataset's official validation split
+    (:attr:`DatasetSplits.val`). What is left is the *pool*. The labeled set
     is ``labels_per_class`` samples of every class of the pool, drawn with ``seed``; the
     unlabeled set is the whole pool with labels hidden. All loaders yield dict batches
     ``{"input": Tensor, "label": LongTensor, "index": LongTensor}``; ``"index"`` is a
@@ -52,7 +57,8 @@ class FewLabelDataModule(L.LightningDataModule):
         labels_per_class: Labeled samples per class; ``None`` labels the whole pool.
         seed: Seed of the label draw.
         val_fraction: Stratified share of the training part held out for validation, in
-            ``[0, 1)``; 0 = no validation split.
+            ``[0, 1)``; 0 = no validation split. A dataset with an official validation split
+            (:attr:`DatasetSplits.val`) uses that one whenever this is above 0.
         batch_size: Batch size of the labeled and unlabeled training loaders.
         eval_batch_size: Batch size of the validation, test, predict and sequential
             unlabeled loaders.
@@ -138,13 +144,17 @@ class FewLabelDataModule(L.LightningDataModule):
         """
         if self._pool is not None:
             return
-        train, test, class_names = self.load_splits()
+        train, test, class_names, val = self.load_splits()
         if len(class_names) < 2:
             found = f"got {len(class_names)}: {list(class_names)}"
             raise ValueError(f"{type(self).__name__} needs at least 2 classes to classify, {found}")
-        keep, held = stratified_split(train.targets, self.val_fraction, VAL_SEED, class_names)
+        if val is not None:  # the dataset's own validation split (none with val_fraction=0)
+            keep, held = np.arange(len(train)), np.arange(len(val) if self.val_fraction > 0 else 0)
+        else:
+            keep, held = stratified_split(train.targets, self.val_fraction, VAL_SEED, class_names)
+            val = train
         self._class_names = list(class_names)
-        self._val = train.subset(held)
+        self._val = val.subset(held)
         self._test = test
         self._pool = train.subset(keep)
         self.draw_labels(self.labels_per_class, self.seed)

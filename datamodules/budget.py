@@ -111,7 +111,9 @@ def stratified_split(
     """Hold out a stratified ``fraction`` of the samples (for validation or test sets).
 
     Uses :func:`sklearn.model_selection.train_test_split` with ``stratify=targets`` and
-    ``random_state=seed``; the held-out size is ``ceil(fraction * len(targets))``.
+    ``random_state=seed``; the held-out size is ``ceil(fraction * len(targets))``. Samples whose
+    label is unknown (negative targets, e.g. STL-10's unlabeled split) are never held out: the
+    split and ``fraction`` cover the labeled samples only.
 
     Args:
         targets: 1-D integer array of class ids, one per sample.
@@ -131,9 +133,14 @@ def stratified_split(
     targets = _check_targets(targets)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be a float in [0, 1), got {fraction!r}")
-    positions = np.arange(targets.size, dtype=np.int64)
     if fraction == 0.0:
-        return positions, np.empty(0, dtype=np.int64)
+        return np.arange(targets.size, dtype=np.int64), np.empty(0, dtype=np.int64)
+    unknown = np.flatnonzero(targets < 0)
+    if unknown.size:
+        known = np.flatnonzero(targets >= 0)
+        keep, held = stratified_split(targets[known], fraction, seed, class_names)
+        return np.sort(np.concatenate([known[keep], unknown])).astype(np.int64), known[held]
+    positions = np.arange(targets.size, dtype=np.int64)
     classes, counts = np.unique(targets, return_counts=True)
     if (counts < 2).any():
         lonely = _class_label(int(classes[np.argmin(counts)]), class_names)

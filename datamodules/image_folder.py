@@ -13,7 +13,7 @@ from torch import Tensor
 from fewlabel.datamodules.budget import _check_int
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
-__all__ = ["ImageFileDataset", "ImageFolderDataModule"]
+__all__ = ["ImageFileDataset", "ImageFolderDataModule", "image_to_tensor"]
 
 PIL_MODES = {1: "L", 3: "RGB"}
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # integer grayscale, read as 16-bit data
@@ -31,6 +31,28 @@ def _pil_extensions() -> tuple[str, ...]:
 
 
 IMAGE_EXTENSIONS = _pil_extensions()
+
+
+def image_to_tensor(image: Image.Image, image_size: int, channels: int) -> Tensor:
+    """A PIL image as a ``(channels, image_size, image_size)`` tensor: ``uint8`` for 8-bit images,
+    ``float32`` in ``[0, 1]`` for 16-bit grayscale ones (PIL modes ``I;16*`` and ``I``).
+
+    Any mode is converted to ``channels`` (1: PIL ``"L"``, 3: ``"RGB"``; transparent images through
+    ``"RGBA"``); the image is resized bilinearly to a square.
+    """
+    size = (image_size, image_size)
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535.0)  # mode "F"
+        array = np.asarray(gray.resize(size, Image.Resampling.BILINEAR)).clip(0.0, 1.0)
+        array = np.repeat(array[:, :, None], channels, axis=2)
+    else:
+        if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+            image = image.convert("RGBA")
+        image = image.convert(PIL_MODES[channels]).resize(size, Image.Resampling.BILINEAR)
+        array = np.array(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
 class ImageFileDataset(FileDataset):
@@ -69,20 +91,8 @@ class ImageFileDataset(FileDataset):
         Raises:
             PIL.UnidentifiedImageError, OSError: If the file is not a readable image.
         """
-        size = (self.image_size, self.image_size)
         with Image.open(path) as image:
-            if image.mode in SIXTEEN_BIT_MODES:
-                gray = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535.0)  # mode "F"
-                array = np.asarray(gray.resize(size, Image.Resampling.BILINEAR)).clip(0.0, 1.0)
-                array = np.repeat(array[:, :, None], self.channels, axis=2)
-            else:
-                if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
-                    image = image.convert("RGBA")
-                image = image.convert(PIL_MODES[self.channels]).resize(size, Image.Resampling.BILINEAR)
-                array = np.array(image, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+            return image_to_tensor(image, self.image_size, self.channels)
 
     def finish(self, value: Tensor, train: bool) -> Tensor:
         """Return a ``float32`` copy in ``[0, 1]`` (``uint8`` values are divided by 255)."""

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-from fewlabel.callbacks import FiniteLossGuard
-from fewlabel.datamodules import AudioFolderDataModule, DigitsDataModule, FewLabelDataModule, ImageFolderDataModule
+from fewlabel.callbacks import FiniteLossGuard, StageProgressBar
+from fewlabel.datamodules import (
+    AudioFolderDataModule,
+    CIFAR10DataModule,
+    DigitsDataModule,
+    ESC50DataModule,
+    FewLabelDataModule,
+    HuggingFaceDataModule,
+    ImageFolderDataModule,
+    SpeechCommandsDataModule,
+    STL10DataModule,
+)
 from fewlabel.plugins.registry import Registry
 
 DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
@@ -19,8 +31,13 @@ DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
 register_datamodule = DATAMODULES.register
 
 register_datamodule("audio_folder")(AudioFolderDataModule)
+register_datamodule("cifar10")(CIFAR10DataModule)
 register_datamodule("digits")(DigitsDataModule)
+register_datamodule("esc50")(ESC50DataModule)
+register_datamodule("huggingface")(HuggingFaceDataModule)
 register_datamodule("image_folder")(ImageFolderDataModule)
+register_datamodule("speech_commands")(SpeechCommandsDataModule)
+register_datamodule("stl10")(STL10DataModule)
 LOGGERS = ("wandb", "wandb-online", "csv", "none")
 
 
@@ -70,20 +87,45 @@ def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logge
                        offline=kind == "wandb", log_model=False)
 
 
+_console = {"verbose": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    """The console of recipe runs in this process (the ``fewlabel`` command calls it; ``--verbose``).
+
+    Quiet (the default): one :class:`~fewlabel.callbacks.StageProgressBar` per stage, Lightning's info
+    lines (accelerator banners, tips) hidden, the known deprecation notices of the installed libraries
+    filtered; fewlabel's own ``[fewlabel]`` lines and every warning about the run stay. Verbose:
+    Lightning's own bars and messages, and every warning.
+    """
+    _console["verbose"] = bool(verbose)
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # a stage folder holds the recipe's own files next to its checkpoints (resume is the recipe's)
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logger: Logger | bool,
-                 callbacks: list[L.Callback], progress: bool, checkpoint: bool) -> L.Trainer:
+                 callbacks: list[L.Callback], progress: bool | str, checkpoint: bool) -> L.Trainer:
     """A ``lightning.Trainer`` from the recipe's defaults, updated with the global ``trainer`` section and
     then with the stage's own (so ``--trainer.enable_progress_bar false`` wins over ``progress``).
 
     ``logger``, ``callbacks`` and ``enable_checkpointing`` belong to the recipe (the config check refuses them);
-    every trainer gets a :class:`~fewlabel.callbacks.FiniteLossGuard`.
+    every trainer gets a :class:`~fewlabel.callbacks.FiniteLossGuard`. ``progress`` (a string: the bar's
+    label) draws one :class:`~fewlabel.callbacks.StageProgressBar` for the fit, or Lightning's own bar
+    after :func:`set_verbose`.
     """
     kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "enable_model_summary": False,
-                              "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_progress_bar": progress}
+                              "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_progress_bar": bool(progress)}
     kwargs.update(config.get("trainer") or {})
     kwargs.update(stage_trainer or {})
-    return L.Trainer(logger=logger, callbacks=[*callbacks, FiniteLossGuard()], enable_checkpointing=checkpoint,
-                     **kwargs)
+    callbacks = [*callbacks, FiniteLossGuard()]
+    if kwargs["enable_progress_bar"] and not _console["verbose"]:
+        callbacks.append(StageProgressBar(progress if isinstance(progress, str) else "fit"))
+    return L.Trainer(logger=logger, callbacks=callbacks, enable_checkpointing=checkpoint, **kwargs)
 
 
 def close_logger(logger: Logger | bool) -> None:

@@ -1,6 +1,6 @@
 """The ``fewlabel`` command.
 
-- ``fewlabel run unfused|simclrv2 [--config FILE] [--output DIR] [--key VALUE ...]``: run a recipe end to end
+- ``fewlabel run unfused|simclrv2 [--config FILE] [--output DIR] [--verbose] [--key VALUE ...]``: run a recipe end to end
   (UnFuSeD, :mod:`fewlabel.plugins.recipes.unfused`; SimCLRv2, :mod:`fewlabel.plugins.recipes.simclrv2`);
 - ``fewlabel fewshot --checkpoint CKPT [--config FILE] [--head protonet ...] [--ways 5] [--shots 1 5]
   [--queries 15] [--episodes 1000] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from fewlabel.plugins.heads.registry import list_few_shot_heads
-from fewlabel.plugins.recipes.build import LOGGERS
+from fewlabel.plugins.recipes.build import LOGGERS, set_verbose
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.fewshot import (
     CENTERS,
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute", action="store_true",
                      help="delete and recompute stages that this --output folder holds with other settings")
     run.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
+    run.add_argument("--verbose", action="store_true",
+                     help="Lightning's own progress bars and messages (default: one bar per stage)")
     few = sub.add_parser("fewshot", help="few-shot episode accuracy of a checkpoint's encoder", allow_abbrev=False,
                          epilog="Any config key can be overridden: --data.root PATH --data.name image_folder ...")
     few.add_argument("--checkpoint", required=True, help="a stage checkpoint, e.g. runs/unfused/student/final.ckpt")
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fewshot(args, extra)
             return 0
         config = load_config(args.recipe, args.config, _overrides(extra))
+        set_verbose(args.verbose)
         if args.recipe == "simclrv2":
             from fewlabel.plugins.recipes.simclrv2 import run_simclrv2 as run_recipe
         else:

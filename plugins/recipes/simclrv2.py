@@ -33,6 +33,7 @@ from torch import nn
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.methods import Classifier, KnowledgeDistillation
 from fewlabel.plugins.recipes.build import DATAMODULES, make_logger, make_trainer
+from fewlabel.plugins.recipes.report import plot_label_efficiency, write_tables
 from fewlabel.plugins.recipes.stage import check_settings, fit_stage, is_rank_zero, stored_settings, write_json
 from fewlabel.plugins.recipes.unfused import (
     TEACHER_KEYS, _augment, _checked, _say, _settings, build_classifier, finetune_runs, format_table,
@@ -279,6 +280,9 @@ def run_simclrv2(config: dict[str, Any], output: str | Path, logger: str = "wand
                    "seconds": time.perf_counter() - start}
         if is_rank_zero():
             write_json(output / "results.json", results)
+            write_tables(output, results["rows"])
+            if config.get("pictures", True):
+                plot_label_efficiency(results["rows"], output / "label_efficiency.png")
             print(format_table(results["rows"]), flush=True)
         _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
         return results

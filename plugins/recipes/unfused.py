@@ -28,7 +28,7 @@ import torch
 import yaml
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
+from torch import Tensor, nn
 
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.datamodules import FewLabelDataModule
@@ -37,8 +37,10 @@ from fewlabel.callbacks import EMATeacher
 from fewlabel.plugins.methods import METHODS, Classifier, ClassifierEnsemble, Method, SelfDistillation
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import build_encoder
+from fewlabel.plugins.gather import gather_embeddings
 from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
+from fewlabel.plugins.recipes.report import plot_embedding_map, plot_label_efficiency, write_tables
 from fewlabel.plugins.recipes.stage import (
     check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
 )
@@ -112,18 +114,28 @@ def build_classifier(config: dict[str, Any], dm: FewLabelDataModule, spec: dict[
 
 
 def finetune_runs(config: dict[str, Any], output: Path) -> Iterator[tuple[str, int, int, dict[str, Any], dict[str, Any], Path]]:
-    """Every stage-4 run: ``(method, labels_per_class, seed, spec, settings, result file)``."""
+    """Every stage-4 run: ``(method, labels_per_class, seed, spec, settings, result file)``.
+
+    With ``finetune.lr_candidates``, each method runs once per candidate learning rate (its
+    ``module.lr`` replaced; results in ``finetune/<method>/lr<lr>/``); :func:`choose_lr` then keeps,
+    per method and budget, the candidate with the best mean validation accuracy.
+    """
     cfg = config["finetune"]
     base = {key: cfg[key] for key in ("augment", "module", "trainer") if key in cfg}
     methods = cfg.get("methods") or {}
     for method in methods:
-        spec = merge(base, methods[method] or {})
-        # everything the run depends on: its own spec and every upstream section (not the other methods)
-        settings = _settings(config, tuple(key for key in config if key != "finetune"), finetune=spec,
-                             draws_together=_draws_together(config, spec))
-        for k in cfg["labels_per_class"]:
-            for seed in cfg["seeds"]:
-                yield method, k, seed, spec, settings, output / "finetune" / method / f"lpc{k}_seed{seed}.json"
+        for lr in cfg.get("lr_candidates") or [None]:
+            spec = merge(base, methods[method] or {})
+            folder = output / "finetune" / method
+            if lr is not None:
+                spec = merge(spec, {"module": {"lr": lr}})
+                folder = folder / f"lr{lr:g}"
+            # everything the run depends on: its own spec and every upstream section (not the other methods)
+            upstream = tuple(key for key in config if key not in ("finetune", "pictures"))
+            settings = _settings(config, upstream, finetune=spec, draws_together=_draws_together(config, spec))
+            for k in cfg["labels_per_class"]:
+                for seed in cfg["seeds"]:
+                    yield method, k, seed, spec, settings, folder / f"lpc{k}_seed{seed}.json"
 
 
 def _draws_together(config: dict[str, Any], spec: dict[str, Any]) -> bool:
@@ -164,6 +176,9 @@ def preflight_data(config: dict[str, Any], dm: FewLabelDataModule) -> tuple[dict
         RecipeError: a class too small for the largest budget, or channels that do not match the encoders.
     """
     _checked("finetune.labels_per_class", lambda: dm.check_label_budget(config["finetune"]["labels_per_class"]))
+    if config["finetune"].get("lr_candidates") is not None and not len(dm.val_dataloader()):
+        raise RecipeError("finetune.lr_candidates needs a labeled validation split to choose on: set "
+                          "data.val_fraction > 0")
     batch = {"input": next(iter(dm.unlabeled_dataloader(train=False)))["input"][:2]}
     hint = (f" (one data sample has shape {tuple(batch['input'].shape[1:])}; match the encoder to the data, e.g. "
             f"its in_chans or n_mels)")
@@ -252,7 +267,7 @@ def run_teacher(config: dict[str, Any], dm: FewLabelDataModule, output: Path, lo
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
         return make_trainer(config, config["teacher"].get("trainer") or {},
                             callbacks=callbacks, logger=make_logger(logger, output, "teacher", recipe),
-                            progress=True, checkpoint=True)
+                            progress="teacher", checkpoint=True)
 
     module, _, reused = fit_stage(output / "teacher", module, dm.unlabeled_dataloader, trainer,
                                   teacher_callbacks(config, module), _settings(config, TEACHER_KEYS))
@@ -272,7 +287,7 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
         return make_trainer(config, config["student"].get("trainer") or {},
                             callbacks=callbacks, logger=make_logger(logger, output, "student", "unfused"),
-                            progress=True, checkpoint=True)
+                            progress="student", checkpoint=True)
 
     module, info, reused = fit_stage(output / "student", module, dm.unlabeled_dataloader, trainer, [labeler],
                                      _settings(config, STUDENT_KEYS),
@@ -357,16 +372,19 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # 45 short runs: keep the console readable
-    groups: dict[tuple[str, int], list[tuple[int, dict[str, Any], dict[str, Any], Path]]] = {}
+    groups: dict[tuple[str, int, Path], list[tuple[int, dict[str, Any], dict[str, Any], Path]]] = {}
+    candidates = cfg.get("lr_candidates") is not None
     for method, k, seed, spec, settings, path in runs:
         if path.exists():
             row = json.loads(path.read_text())
             check_settings(path, row.get("settings"), settings)
+            if candidates:  # the same settings as a run without candidates: its file may come from one
+                row["lr"] = float(spec["module"]["lr"])
             results[path] = row
-        else:
-            groups.setdefault((method, k), []).append((seed, spec, settings, path))
+        else:  # the folder tells one learning-rate candidate from another
+            groups.setdefault((method, k, path.parent), []).append((seed, spec, settings, path))
     done = len(results)
-    for (method, k), todo in groups.items():
+    for (method, k, _), todo in groups.items():
         spec = todo[0][1]
         batches = [todo] if _draws_together(config, spec) else [[run] for run in todo]
         for batch in batches:
@@ -374,20 +392,64 @@ def run_finetune(config: dict[str, Any], dm: FewLabelDataModule, encoders: dict[
                                    logger, parent, trained)
             for row, (seed, _, settings, path) in zip(rows, batch):
                 row["settings"] = settings
+                if candidates:
+                    row["lr"] = float(spec["module"]["lr"])
                 if is_rank_zero():
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_json(path, row)
                 results[path] = row
                 done += 1
-                _say(f"  [{done}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}: "
+                lr = f", lr {row['lr']:g}" if candidates else ""
+                _say(f"  [{done}/{len(runs)}] {method:<14} {k:>3} labels/class, draw {seed}{lr}: "
                      f"test accuracy {row['test_accuracy']:.4f}")
     lightning_log.setLevel(level)
     ordered = [results[path] for *_, path in runs]
     if isinstance(parent, Logger):
         parent.log_metrics({f"{r['method']}/lpc{r['labels_per_class']}/accuracy_mean": r["accuracy_mean"]
-                            for r in summarise(ordered)})
+                            for r in summarise(choose_lr(ordered)[0])})
         close_logger(parent)
     return ordered
+
+
+def draw_embedding_maps(dm: FewLabelDataModule, encoders: dict[str, nn.Module], pseudo_labels: Tensor, output: Path,
+                        seed: int = 0) -> list[Path]:
+    """``embeddings_<name>.png`` for each encoder: a t-SNE map of the pool's embeddings, coloured by the
+    true label (hidden from training) and by the stage-2 pseudo-label (``pseudo_labels``, by pool position)."""
+    paths = []
+    for name, encoder in encoders.items():
+        pool = gather_embeddings(encoder, dm.unlabeled_dataloader(train=False), label_key="target")
+        colourings = {"true label": pool.labels, "pseudo-label": pseudo_labels.cpu().numpy()[pool.indices]}
+        paths.append(plot_embedding_map(pool.embeddings, colourings, output / f"embeddings_{name}.png", name, seed))
+    _say("  embedding maps: " + ", ".join(str(path) for path in paths))
+    return paths
+
+
+def choose_lr(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per method and label budget, keep the runs of the learning rate with the best mean validation accuracy.
+
+    Runs without an ``lr`` (no ``finetune.lr_candidates``) are all kept. Ties go to the candidate
+    listed first. Returns the kept runs and, per method and budget, the choice: ``{"method",
+    "labels_per_class", "lr", "val_accuracy_mean": {"<lr>": mean over the draws}}``.
+
+    Raises:
+        RecipeError: candidates to choose from but no validation accuracy (no labeled validation split).
+    """
+    if not any("lr" in r for r in runs):
+        return runs, []
+    groups: dict[tuple[str, int], dict[float, list[dict[str, Any]]]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["labels_per_class"]), {}).setdefault(r["lr"], []).append(r)
+    kept, choices = [], []
+    for (method, k), by_lr in groups.items():
+        val = {lr: float(np.mean([r["val_accuracy"] for r in rows])) for lr, rows in by_lr.items()}
+        if any(np.isnan(v) for v in val.values()):
+            raise RecipeError("finetune.lr_candidates needs a labeled validation split to choose on "
+                              "(data.val_fraction > 0)")
+        best = max(val, key=lambda lr: val[lr])  # max keeps the first of equals
+        kept += by_lr[best]
+        choices.append({"method": method, "labels_per_class": k, "lr": best,
+                        "val_accuracy_mean": {f"{lr:g}": v for lr, v in val.items()}})  # JSON keys are strings
+    return kept, choices
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -401,6 +463,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                      "val_accuracy_mean": float(val.mean()), "num_draws": int(len(acc)),
                      "params": next(r["params"] for r in runs if r["method"] == method)})
+        lrs = {r["lr"] for r in runs if r["method"] == method and r["labels_per_class"] == k and "lr" in r}
+        if lrs:
+            rows[-1]["lr"] = lrs.pop() if len(lrs) == 1 else sorted(lrs)
     return rows
 
 
@@ -439,13 +504,24 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
              f"training samples")
         teacher = run_teacher(config, dm, output, logger)
         student, pseudo_metrics = run_student(config, dm, teacher.encoder, output, logger)
+        if config.get("pictures", True) and is_rank_zero():
+            draw_embedding_maps(dm, {"teacher": teacher.encoder, "student": student.encoder}, student.pseudo_labels,
+                                output, seed=config.get("seed", 0))
         runs = run_finetune(config, dm, {"teacher": teacher.encoder, "student": student.encoder}, output, logger)
-        results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
+        chosen, lr_choices = choose_lr(runs)
+        results = {"recipe": "unfused", "dataset": config["data"].get("name", "digits"), "rows": summarise(chosen),
                    "pseudo_labels": pseudo_metrics,
                    "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs],
                    "seconds": time.perf_counter() - start}
+        if lr_choices:
+            results["lr_choices"] = lr_choices
+            _say("  learning rates chosen on the validation split: " + ", ".join(
+                f"{c['method']} {c['labels_per_class']}: {c['lr']:g}" for c in lr_choices))
         if is_rank_zero():
             write_json(output / "results.json", results)
+            write_tables(output, results["rows"])
+            if config.get("pictures", True):
+                plot_label_efficiency(results["rows"], output / "label_efficiency.png")
             print(format_table(results["rows"]), flush=True)
         _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
         return results

@@ -40,13 +40,15 @@ RECIPE_TRAINER_KEYS = {
 }
 #: Trainer keys that change what is printed or logged, not what is computed (not part of a stage's settings).
 COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
-TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "pseudo_labels", "student", "finetune")
+TOP_LEVEL = ("seed", "num_threads", "pictures", "data", "trainer", "teacher", "pseudo_labels", "student", "finetune")
 #: SimCLRv2's top level: its ``student`` section names the student's encoder only; ``distill`` trains it.
-SIMCLRV2_TOP_LEVEL = ("seed", "num_threads", "data", "trainer", "teacher", "student", "finetune", "distill")
+SIMCLRV2_TOP_LEVEL = ("seed", "num_threads", "pictures", "data", "trainer", "teacher", "student", "finetune",
+                      "distill")
 STAGE_SECTIONS = ("encoder", "augment", "module", "trainer")
 TEACHER_SECTIONS = ("method", "ema", *STAGE_SECTIONS)
 DEFAULT_TEACHER = "deepcluster_v2"
-FINETUNE_KEYS = ("labels_per_class", "seeds", "draws_together", "augment", "module", "trainer", "methods")
+FINETUNE_KEYS = ("labels_per_class", "seeds", "draws_together", "lr_candidates", "augment", "module", "trainer",
+                 "methods")
 METHOD_KEYS = ("encoder_from", "augment", "module", "trainer")
 ENCODER_SOURCES = ("teacher", "student", "scratch")
 #: Per recipe: its top-level keys, its stages after the teacher (section, the class its ``module`` feeds
@@ -202,6 +204,16 @@ def _int_list(where: str, value: Any, minimum: int) -> None:
         raise RecipeError(f"{where} must be a non-empty list of ints >= {minimum}, got {value!r}")
 
 
+def _lr_candidates(value: Any) -> None:
+    if value is None:
+        return
+    valid = isinstance(value, list) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in value)
+    if not valid or len(set(value)) != len(value):
+        raise RecipeError(f"finetune.lr_candidates must be null or a non-empty list of distinct positive learning "
+                          f"rates, got {value!r}")
+
+
 def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused") -> None:
     """Check the shape, keys and value types of a recipe's configuration (no data needed).
 
@@ -223,6 +235,8 @@ def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused
         check_int("num_threads", config.get("num_threads"), 1, "null (torch's default)")
     except ValueError as err:
         raise RecipeError(str(err)) from None
+    if not isinstance(config.get("pictures", True), bool):
+        raise RecipeError(f"pictures must be true or false, got {config['pictures']!r}")
 
     data = check_mapping("data", config.get("data"))
     name = data.get("name", "digits")
@@ -267,6 +281,10 @@ def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused
     _int_list("finetune.seeds", finetune.get("seeds"), 0)
     if not isinstance(finetune.get("draws_together", True), bool):
         raise RecipeError(f"finetune.draws_together must be true or false, got {finetune['draws_together']!r}")
+    _lr_candidates(finetune.get("lr_candidates"))
+    if recipe == "simclrv2" and finetune.get("lr_candidates") is not None:
+        raise RecipeError("finetune.lr_candidates is not supported by the simclrv2 recipe (its students distil "
+                          "one fine-tuned teacher per draw); set finetune.module.lr instead")
     methods = check_mapping("finetune.methods", finetune.get("methods"))
     if not methods:
         raise RecipeError("finetune.methods is empty: name at least one method (e.g. unfused: {encoder_from: student})")

@@ -74,6 +74,16 @@ def test_stratified_split_partitions_and_stratifies() -> None:
     np.testing.assert_array_equal(held, held2)
 
 
+def test_stratified_split_holds_out_labeled_samples_only() -> None:
+    targets = np.array([0, 1] * 10 + [-1] * 7)
+    keep, held = stratified_split(targets, 0.2, seed=0)
+    assert np.array_equal(np.sort(np.concatenate([keep, held])), np.arange(27))
+    assert len(held) == 4 and (targets[held] >= 0).all() and np.bincount(targets[held]).tolist() == [2, 2]
+    assert set(np.flatnonzero(targets < 0)) <= set(keep)
+    # the labeled samples split as they would without the unlabeled ones
+    assert np.array_equal(held, stratified_split(targets[:20], 0.2, seed=0)[1])
+
+
 def test_stratified_split_zero_fraction_holds_out_nothing() -> None:
     keep, held = stratified_split(np.array([0, 1, 0, 1]), 0.0, seed=0)
     assert keep.tolist() == [0, 1, 2, 3] and held.size == 0 and held.dtype == np.int64

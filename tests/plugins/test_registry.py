@@ -58,7 +58,8 @@ def test_every_family_offers_create_and_list() -> None:
     assert list_heads() == HEADS.names() == ["aux_head", "bd_cspn", "dino_head", "gda", "linear", "logistic",
                                              "projection_mlp", "protonet", "simpleshot"]
     assert list_optimizers() == OPTIMIZERS.names() == ["adam", "adamw", "sgd"]
-    assert list_datamodules() == DATAMODULES.names() == ["audio_folder", "digits", "image_folder"]
+    assert list_datamodules() == DATAMODULES.names() == ["audio_folder", "cifar10", "digits", "esc50", "huggingface",
+                                                         "image_folder", "speech_commands", "stl10"]
     assert list_methods() == METHODS.names()
     assert {"byol", "deepcluster_v2", "dino", "rotnet", "simclr"} <= set(list_methods())
     assert all(isinstance(r, Registry) for r in (HEADS, METHODS, DATAMODULES))

@@ -18,7 +18,7 @@ from fewlabel.plugins.recipes.stage import hold_run_folder
 TINY = [
     "teacher.encoder.width=4", "teacher.module.hidden_dim=32", "teacher.module.feat_dim=16",
     "teacher.trainer.max_epochs=2", "student.encoder.width=4", "student.trainer.max_epochs=1",
-    "finetune.labels_per_class=[1]", "finetune.seeds=[0]", "finetune.trainer.max_epochs=1",
+    "finetune.labels_per_class=[1]", "finetune.seeds=[0]", "finetune.trainer.max_epochs=1", "pictures=false",
 ]
 
 
@@ -47,6 +47,7 @@ def image_folder(root: Path, per_class: dict[str, int], mode: str = "RGB") -> Pa
     ("finetune.seeds=[0, -1]", r"finetune\.seeds must be a non-empty list of ints >= 0"),
     ("seed=-1", r"seed must be an int >= 0, got -1"),
     ("num_threads=0", r"num_threads must be an int >= 1 or null \(torch's default\), got 0"),
+    ("pictures=maybe", r"pictures must be true or false, got 'maybe'"),
     ("data.root=/somewhere", r"data\.root is not used by data\.name='digits'.*--data\.name image_folder"),
     ("trainer.logger=false", r"trainer\.logger is set by the recipe \(choose it with --logger\)"),
     ("finetune.methods.unfused.encoder_from=teachr", r"encoder_from must be one of \['teacher', 'student', 'scratch'\]"),

@@ -16,6 +16,7 @@ TINY = {
     "teacher.encoder.width": "4", "teacher.module.hidden_dim": "32", "teacher.module.feat_dim": "16",
     "teacher.trainer.max_epochs": "6", "student.encoder.width": "4", "student.trainer.max_epochs": "3",
     "finetune.labels_per_class": "[1, 2]", "finetune.seeds": "[0, 1]", "finetune.trainer.max_epochs": "3",
+    "pictures": "false",
 }
 METHODS = {"supervised", "ssl+finetune", "unfused"}
 

@@ -45,6 +45,7 @@ def test_cli_run_writes_every_method_and_a_rerun_reuses_every_stage(
     assert main(_cli()) == 0  # default output: runs/simclrv2
     out = tmp_path / "runs" / "simclrv2"
     written = json.loads((out / "results.json").read_text())
+    assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG" and (out / "results.md").exists()
     assert written["recipe"] == "simclrv2" and written["dataset"] == "digits"
     rows = {(r["method"], r["labels_per_class"]): r for r in written["rows"]}
     assert set(rows) == {(m, k) for m in METHODS for k in (1, 2)}
@@ -98,6 +99,7 @@ def test_cli_run_writes_every_method_and_a_rerun_reuses_every_stage(
     ("distil.module.lr=0.1", r"unknown key config\.distil \(did you mean 'distill'\?\)"),
     ("finetune.methods.ssl+finetune.encoder_from=student", r"encoder_from must be one of \['teacher', 'scratch'\]"),
     ("teacher.method=simclrr", r"teacher\.method: .*'simclrr' \(did you mean 'simclr'\?\)"),
+    ("finetune.lr_candidates=[0.001, 0.01]", r"finetune\.lr_candidates is not supported by the simclrv2 recipe"),
 ])
 def test_config_errors_name_the_closest_key(override: str, message: str) -> None:
     config = load_config("simclrv2", overrides=[f"{k}={v}" for k, v in TINY.items()] + [override])

@@ -17,7 +17,7 @@ TINY = [
     "teacher.encoder.width=4", "teacher.module.hidden_dim=32", "teacher.module.feat_dim=16",
     "teacher.trainer.max_epochs=3", "student.encoder.width=4", "student.module.aux_hidden_dim=16",
     "student.trainer.max_epochs=2", "finetune.labels_per_class=[1, 2]", "finetune.seeds=[0, 1]",
-    "finetune.trainer.max_epochs=3",
+    "finetune.trainer.max_epochs=3", "pictures=false",
 ]
 
 
@@ -26,7 +26,7 @@ def tiny_config(**extra: Any) -> dict[str, Any]:
 
 
 def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    results = run_unfused(tiny_config(), tmp_path, logger="csv")
+    results = run_unfused(tiny_config(pictures="true"), tmp_path, logger="csv")
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["recipe"] == "unfused" and written["dataset"] == "digits"
     rows = {(r["method"], r["labels_per_class"]): r for r in written["rows"]}
@@ -38,6 +38,16 @@ def test_recipe_end_to_end_and_rerun_reuses_everything(tmp_path: Path, capsys: p
     assert 0.0 <= written["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
     assert len(written["runs"]) == 12 and results["rows"] == written["rows"]
     assert "method" in capsys.readouterr().out  # the printed table
+    # the table also as CSV and Markdown in the run folder
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("method,labels_per_class,accuracy_mean") and len(lines) == 1 + 6
+    assert lines[1].split(",")[:3] == [written["rows"][0]["method"], str(written["rows"][0]["labels_per_class"]),
+                                       str(written["rows"][0]["accuracy_mean"])]
+    markdown = (tmp_path / "results.md").read_text()
+    for picture in ("label_efficiency.png", "embeddings_teacher.png", "embeddings_student.png"):
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
+    unfused_1 = rows[("unfused", 1)]
+    assert f"| `unfused` | {unfused_1['params']:,} | {100 * unfused_1['accuracy_mean']:.2f} ± " in markdown
     # each fine-tune run logs the label draw it trained on (a view of the datamodule; the datamodule is not changed)
     # (the draws of a method and budget train together: one logger per method and budget)
     logged = yaml.safe_load((tmp_path / "logs" / "finetune" / "unfused-lpc2" / "hparams.yaml").read_text())
@@ -213,3 +223,42 @@ def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytes
         name = "target_encoder.blocks.0.0.weight"
         assert torch.equal(start[name], start["encoder.blocks.0.0.weight"])  # the same start as the recipe's
         assert not torch.equal(state[name], start[name])
+
+
+def test_lr_candidates_are_chosen_on_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    sweep = {"finetune.labels_per_class": "[1, 2]", "finetune.seeds": "[0, 1]", "finetune.lr_candidates": "[0.003, 0.3]"}
+    written = run_unfused(tiny_config(**sweep), tmp_path / "sweep", logger="none")
+    assert "learning rates chosen on the validation split" in capsys.readouterr().out
+    assert len(written["runs"]) == 3 * 2 * 2 * 2  # every candidate trained
+    assert (tmp_path / "sweep" / "finetune" / "unfused" / "lr0.3" / "lpc2_seed1.json").exists()
+    assert len(written["lr_choices"]) == 6 and json.loads((tmp_path / "sweep" / "results.json").read_text()) == written
+    for choice in written["lr_choices"]:
+        runs = [r for r in written["runs"]
+                if (r["method"], r["labels_per_class"]) == (choice["method"], choice["labels_per_class"])]
+        val = {lr: sum(r["val_accuracy"] for r in runs if r["lr"] == lr) / 2 for lr in (0.003, 0.3)}
+        assert choice["val_accuracy_mean"] == pytest.approx({f"{lr:g}": v for lr, v in val.items()})
+        best = 0.003 if val[0.003] >= val[0.3] else 0.3  # ties go to the first candidate
+        assert choice["lr"] == best
+        row = next(r for r in written["rows"]
+                   if (r["method"], r["labels_per_class"]) == (choice["method"], choice["labels_per_class"]))
+        chosen = [r["test_accuracy"] for r in runs if r["lr"] == best]
+        assert row["lr"] == best and row["accuracy_mean"] == pytest.approx(sum(chosen) / 2)
+        assert f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} (lr {best:g})" in (
+            tmp_path / "sweep" / "results.md").read_text()
+
+    # a candidate's runs are the plain runs with that module.lr (the teacher and the student are reused)
+    for stage in ("teacher", "student"):
+        shutil.copytree(tmp_path / "sweep" / stage, tmp_path / "plain" / stage)
+    plain = run_unfused(tiny_config(**{**sweep, "finetune.lr_candidates": "null", "finetune.module.lr": "0.3"}),
+                        tmp_path / "plain", logger="none")
+    assert "lr_choices" not in plain and all("lr" not in r for r in plain["runs"])
+    assert [r["test_accuracy"] for r in plain["runs"]] == [r["test_accuracy"] for r in written["runs"] if r["lr"] == 0.3]
+
+    for bad in ("[0.1, 0.1]", "[]", "[-0.1]", "[true]", "0.1"):
+        with pytest.raises(RecipeError, match="lr_candidates must be null or a non-empty list of distinct"):
+            run_unfused(tiny_config(**{"finetune.lr_candidates": bad}), tmp_path / "bad", logger="none")
+    with pytest.raises(RecipeError, match="needs a labeled validation split.*val_fraction"):
+        run_unfused(tiny_config(**{**sweep, "data.val_fraction": 0.0}), tmp_path / "noval", logger="none")
+    assert not (tmp_path / "noval" / "teacher").exists()  # refused before anything trained

@@ -1,0 +1,125 @@
+"""What a recipe run leaves to read and look at: the results table as ``results.csv`` (one row per
+method and label budget) and ``results.md`` (methods x budgets, mean ± sample std of test accuracy in
+%), the label-efficiency curve and embedding maps as PNG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+__all__ = ["plot_embedding_map", "plot_label_efficiency", "results_csv", "results_markdown", "write_tables"]
+
+#: Points an embedding map shows at most (a seeded sample of the pool beyond).
+MAP_POINTS = 1500
+
+COLUMNS = ("method", "labels_per_class", "accuracy_mean", "accuracy_std", "val_accuracy_mean", "num_draws",
+           "params", "lr")
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """The summary rows as CSV text (accuracies as fractions; ``lr`` empty unless chosen per budget)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in COLUMNS})
+    return out.getvalue()
+
+
+def results_markdown(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: one line per method (in the order first seen), one column per label budget; a
+    learning rate chosen on validation (``finetune.lr_candidates``) follows its cell."""
+    budgets = sorted({r["labels_per_class"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cells = {(r["method"], r["labels_per_class"]): f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+             + (f" (lr {r['lr']:g})" if isinstance(r.get("lr"), float) else "") for r in rows}
+    params = {r["method"]: r["params"] for r in rows}
+    lines = ["| method | params | " + " | ".join(f"{k} label{'s' if k > 1 else ''}/class" for k in budgets) + " |",
+             "|---|---:|" + "---:|" * len(budgets)]
+    for method in methods:
+        lines.append(f"| `{method}` | {params[method]:,} | "
+                     + " | ".join(cells.get((method, k), "") for k in budgets) + " |")
+    draws = sorted({r["num_draws"] for r in rows})
+    lines.append("")
+    lines.append(f"Test accuracy in %, mean ± sample std over {'/'.join(map(str, draws))} label draws.")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(output: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``results.csv`` and ``results.md`` into ``output`` (each replaced atomically)."""
+    for name, text in (("results.csv", results_csv(rows)), ("results.md", results_markdown(rows))):
+        tmp = output / f"{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, output / name)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_label_efficiency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Test accuracy (%) against labels per class (log axis), one line per method, error bars = the
+    sample std over the label draws; written to ``path`` (PNG)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["labels_per_class"])
+        ax.errorbar([r["labels_per_class"] for r in mine], [100 * r["accuracy_mean"] for r in mine],
+                    yerr=[100 * r["accuracy_std"] for r in mine], marker="o", capsize=3, label=method)
+    budgets = sorted({r["labels_per_class"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [str(k) for k in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("labels per class")
+    ax.set_ylabel("test accuracy (%)")
+    draws = sorted({r["num_draws"] for r in rows})
+    ax.set_title(title or f"label efficiency (mean ± std over {'/'.join(map(str, draws))} draws)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_embedding_map(embeddings: np.ndarray, colourings: dict[str, np.ndarray], path: Path, title: str,
+                       seed: int = 0) -> Path:
+    """A 2-D t-SNE map of ``embeddings`` (a seeded sample of at most :data:`MAP_POINTS` rows), one panel
+    per entry of ``colourings`` (e.g. true label, pseudo-label; ``-1`` = unknown, drawn grey); written
+    to ``path`` (PNG).
+
+    Raises:
+        ValueError: fewer than 3 rows, or a colouring whose length differs from the rows'.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) < 3:
+        raise ValueError(f"an embedding map needs a (N >= 3, D) array, got shape {embeddings.shape}")
+    for name, colours in colourings.items():
+        if len(colours) != len(embeddings):
+            raise ValueError(f"colouring {name!r} has {len(colours)} entries for {len(embeddings)} rows")
+    rows = np.arange(len(embeddings))
+    if len(rows) > MAP_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAP_POINTS, replace=False))
+    points = TSNE(n_components=2, init="pca", random_state=seed, max_iter=500,  # 250 of them exaggerated
+                  perplexity=min(30.0, (len(rows) - 1) / 3)).fit_transform(embeddings[rows])
+    fig, axes = plt.subplots(1, len(colourings), figsize=(4.2 * len(colourings), 4), squeeze=False)
+    for ax, (name, colours) in zip(axes[0], colourings.items()):
+        colours = np.asarray(colours)[rows]
+        known = colours >= 0
+        ax.scatter(*points[~known].T, s=4, c="lightgrey")
+        ax.scatter(*points[known].T, s=4, c=colours[known], cmap="tab20" if colours.max() >= 10 else "tab10")
+        ax.set_title(f"{title}: {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)
