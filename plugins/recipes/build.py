@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,8 @@ def set_verbose(verbose: bool) -> None:
     """The console of recipe runs in this process (the ``fewlabel`` command calls it; ``--verbose``).
 
     Quiet (the default): one :class:`~fewlabel.callbacks.StageProgressBar` per stage, Lightning's info
-    lines (accelerator banners, tips) hidden, the known deprecation notices of the installed libraries
-    filtered; fewlabel's own ``[fewlabel]`` lines and every warning about the run stay. Verbose:
+    lines (accelerator banners, tips) and wandb's run banners hidden (``WANDB_SILENT``, unless set), the
+    known deprecation notices of the installed libraries filtered; fewlabel's own ``[fewlabel]`` lines and every warning about the run stay. Verbose:
     Lightning's own bars and messages, and every warning.
     """
     _console["verbose"] = bool(verbose)
@@ -103,6 +104,7 @@ def set_verbose(verbose: bool) -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(level)
     if not verbose:
+        os.environ.setdefault("WANDB_SILENT", "true")  # no per-run banners and summaries (set it to see them)
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         # a stage folder holds the recipe's own files next to its checkpoints (resume is the recipe's)
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

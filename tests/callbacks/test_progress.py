@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 
 import lightning as L
@@ -54,7 +55,9 @@ TINY = ["--teacher.encoder.width", "4", "--teacher.module.hidden_dim", "32", "--
         "--finetune.trainer.max_epochs", "2", "--pictures", "false", "--logger", "none"]
 
 
-def test_the_recipe_console_is_quiet_unless_verbose(tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_the_recipe_console_is_quiet_unless_verbose(tmp_path, capfd: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     main(["run", "unfused", "--output", str(tmp_path / "quiet"), *TINY])
     out, err = capfd.readouterr()
     assert "[fewlabel] stage 1/4 teacher" in out and "results written" in out
@@ -63,6 +66,7 @@ def test_the_recipe_console_is_quiet_unless_verbose(tmp_path, capfd: pytest.Capt
     for noise in ("GPU available", "Tip:", "Epoch 0", "LeafSpec"):
         assert noise not in out + err, noise
     assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING
+    assert os.environ["WANDB_SILENT"] == "true"
     main(["run", "unfused", "--output", str(tmp_path / "verbose"), "--verbose", *TINY])
     out, err = capfd.readouterr()
     assert "Epoch 1" in out and "teacher: " not in err  # Lightning's own bars (on stdout)
