@@ -54,12 +54,14 @@ def label_colours(labels: Sequence[int]) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-def project_2d(embeddings: np.ndarray, method: str = "pca", *, normalize: bool = True, seed: int = 0) -> np.ndarray:
+def project_2d(embeddings: np.ndarray, method: str = "pca", *, normalize: bool = True, seed: int = 0,
+               tsne_iters: int = 1000) -> np.ndarray:
     """``(N, 2)`` float64 coordinates of ``(N, D)`` embeddings: the top two principal components, or t-SNE.
 
     PCA is numpy's SVD of the centred rows, each component's sign fixed so that its largest loading
     is positive (the map does not flip between calls). t-SNE is scikit-learn's ``TSNE`` (PCA
-    initialisation, ``random_state=seed``, perplexity ``min(30, (N - 1) / 3)``). With ``normalize`` the
+    initialisation, ``random_state=seed``, perplexity ``min(30, (N - 1) / 3)``, ``tsne_iters`` iterations,
+    the first 250 of them exaggerated). With ``normalize`` the
     rows are L2 normalised first (the cosine geometry kNN evaluation and separability use).
 
     Raises:
@@ -76,7 +78,8 @@ def project_2d(embeddings: np.ndarray, method: str = "pca", *, normalize: bool =
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(1.0, (x.shape[0] - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    max_iter=tsne_iters).fit_transform(x)
     x = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     components = vt[:2]

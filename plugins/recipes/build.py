@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -23,6 +24,7 @@ from fewlabel.datamodules import (
     SpeechCommandsDataModule,
     STL10DataModule,
 )
+from fewlabel.plugins.recipes.report import COLUMNS
 from fewlabel.plugins.registry import Registry
 
 DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
@@ -69,12 +71,21 @@ def make_datamodule(data: dict[str, Any]) -> FewLabelDataModule:
     return create_datamodule(name, **kwargs)
 
 
+def wandb_group(output: Path) -> str:
+    """The wandb group of every run a recipe logs into ``output``: the folder's name and a short hash of its
+    absolute path, so a run folder's stages (also when resumed later) share one group and two folders
+    never do."""
+    resolved = output.resolve()
+    return f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:6]}"
+
+
 def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logger | bool = False,
                 prefix: str = "") -> Logger | bool:
     """``wandb`` (offline, no account needed), ``wandb-online``, ``csv`` or ``none``.
 
-    With a wandb ``parent`` logger, the new logger writes into the parent's run under ``prefix``
-    (one wandb run for many short trainers instead of one each).
+    A wandb run is named ``<group>/<name>`` and joins the run folder's group (:func:`wandb_group`); a CSV
+    log goes to ``output/logs/<group>/<name>``. With a wandb ``parent`` logger, the new logger writes into
+    the parent's run under ``prefix`` (one wandb run for many short trainers instead of one each).
     """
     if kind not in LOGGERS:
         raise ValueError(f"unknown logger {kind!r}; choose one of {list(LOGGERS)}")
@@ -84,8 +95,25 @@ def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logge
         return CSVLogger(output / "logs", name=group, version=name)
     if isinstance(parent, WandbLogger):
         return WandbLogger(experiment=parent.experiment, prefix=prefix, log_model=False)
-    return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=group, save_dir=str(output),
+    return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=wandb_group(output), save_dir=str(output),
                        offline=kind == "wandb", log_model=False)
+
+
+def log_results(kind: str, output: Path, recipe: str, config: dict[str, Any], rows: list[dict[str, Any]],
+                pictures: list[Path]) -> None:
+    """With a wandb ``kind``, one more run in the folder's group, ``<recipe>/results``: the whole recipe
+    configuration as its config (recorded once, here), the results table as a ``wandb.Table`` and each
+    picture as a ``wandb.Image`` (keyed by its file name). Other loggers: nothing."""
+    logger = make_logger(kind, output, "results", recipe)
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    run = logger.experiment
+    run.config.update(config, allow_val_change=True)
+    table = wandb.Table(columns=list(COLUMNS), data=[[row.get(column) for column in COLUMNS] for row in rows])
+    run.log({"results": table, **{path.stem: wandb.Image(str(path)) for path in pictures if path.exists()}})
+    close_logger(logger)
 
 
 _console = {"verbose": False}

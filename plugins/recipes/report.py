@@ -1,6 +1,6 @@
 """What a recipe run leaves to read and look at: the results table as ``results.csv`` (one row per
 method and label budget) and ``results.md`` (methods x budgets, mean ± sample std of test accuracy in
-%), the label-efficiency curve and embedding maps as PNG (matplotlib, no display needed)."""
+%), the label-efficiency curve (matplotlib, no display needed) and embedding maps as PNG."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ matplotlib.use("Agg")  # files only: no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fewlabel.callbacks.eval.projector import project_2d, render_scatter  # noqa: E402
 
 __all__ = ["plot_embedding_map", "plot_label_efficiency", "results_csv", "results_markdown", "write_tables"]
 
@@ -94,10 +96,11 @@ def plot_label_efficiency(rows: list[dict[str, Any]], path: Path, title: str = "
 
 
 def plot_embedding_map(embeddings: np.ndarray, colourings: dict[str, np.ndarray], path: Path, title: str,
-                       seed: int = 0) -> Path:
-    """A 2-D t-SNE map of ``embeddings`` (a seeded sample of at most :data:`MAP_POINTS` rows), one panel
-    per entry of ``colourings`` (e.g. true label, pseudo-label; ``-1`` = unknown, drawn grey); written
-    to ``path`` (PNG).
+                       seed: int = 0, panel: int = 480) -> Path:
+    """A 2-D t-SNE map of ``embeddings`` (:func:`~fewlabel.callbacks.eval.projector.project_2d`, 500
+    iterations, on a seeded sample of at most :data:`MAP_POINTS` rows), one ``panel``-pixel square per
+    entry of ``colourings`` (e.g. true label, pseudo-label; ``-1`` = unknown, drawn first in grey), side
+    by side (:func:`~fewlabel.callbacks.eval.projector.render_scatter`); written to ``path`` (PNG).
 
     Raises:
         ValueError: fewer than 3 rows, or a colouring whose length differs from the rows'.
@@ -111,15 +114,12 @@ def plot_embedding_map(embeddings: np.ndarray, colourings: dict[str, np.ndarray]
     rows = np.arange(len(embeddings))
     if len(rows) > MAP_POINTS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAP_POINTS, replace=False))
-    points = TSNE(n_components=2, init="pca", random_state=seed, max_iter=500,  # 250 of them exaggerated
-                  perplexity=min(30.0, (len(rows) - 1) / 3)).fit_transform(embeddings[rows])
-    fig, axes = plt.subplots(1, len(colourings), figsize=(4.2 * len(colourings), 4), squeeze=False)
-    for ax, (name, colours) in zip(axes[0], colourings.items()):
-        colours = np.asarray(colours)[rows]
-        known = colours >= 0
-        ax.scatter(*points[~known].T, s=4, c="lightgrey")
-        ax.scatter(*points[known].T, s=4, c=colours[known], cmap="tab20" if colours.max() >= 10 else "tab10")
-        ax.set_title(f"{title}: {name}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return _save(fig, path)
+    points = project_2d(embeddings[rows], "tsne", seed=seed, tsne_iters=500)
+    canvas = Image.new("RGB", (panel * len(colourings), panel), (255, 255, 255))
+    for i, (name, colours) in enumerate(colourings.items()):
+        image = render_scatter(points, np.asarray(colours)[rows], (panel, panel), title=f"{title}: {name}")
+        canvas.paste(image, (i * panel, 0))
+    tmp = path.with_name(path.name + ".tmp.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)
+    return path

@@ -32,11 +32,11 @@ from torch import nn
 
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.methods import Classifier, KnowledgeDistillation
-from fewlabel.plugins.recipes.build import DATAMODULES, make_logger, make_trainer
+from fewlabel.plugins.recipes.build import DATAMODULES, log_results, make_logger, make_trainer
 from fewlabel.plugins.recipes.report import plot_label_efficiency, write_tables
 from fewlabel.plugins.recipes.stage import check_settings, fit_stage, is_rank_zero, stored_settings, write_json
 from fewlabel.plugins.recipes.unfused import (
-    TEACHER_KEYS, _augment, _checked, _say, _settings, build_classifier, finetune_runs, format_table,
+    TEACHER_KEYS, _augment, _checked, _say, _settings, build_classifier, finetune_runs, format_table, pictures,
     preflight_classifier, preflight_data, preflight_teacher, preflight_trainers, prepared_run, run_finetune,
     run_teacher, summarise,
 )
@@ -284,5 +284,6 @@ def run_simclrv2(config: dict[str, Any], output: str | Path, logger: str = "wand
             if config.get("pictures", True):
                 plot_label_efficiency(results["rows"], output / "label_efficiency.png")
             print(format_table(results["rows"]), flush=True)
+            log_results(logger, output, METHOD, config, results["rows"], pictures(config, output))
         _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
         return results

@@ -38,7 +38,9 @@ from fewlabel.plugins.methods import METHODS, Classifier, ClassifierEnsemble, Me
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.gather import gather_embeddings
-from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
+from fewlabel.plugins.recipes.build import (
+    DATAMODULES, close_logger, log_results, make_datamodule, make_logger, make_trainer,
+)
 from fewlabel.plugins.recipes.config import merge
 from fewlabel.plugins.recipes.report import plot_embedding_map, plot_label_efficiency, write_tables
 from fewlabel.plugins.recipes.stage import (
@@ -424,6 +426,12 @@ def draw_embedding_maps(dm: FewLabelDataModule, encoders: dict[str, nn.Module], 
     return paths
 
 
+def pictures(config: dict[str, Any], output: Path) -> list[Path]:
+    """The run folder's pictures (none with ``pictures: false``)."""
+    names = ("label_efficiency.png", "embeddings_teacher.png", "embeddings_student.png")
+    return [output / name for name in names if (output / name).exists()] if config.get("pictures", True) else []
+
+
 def choose_lr(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per method and label budget, keep the runs of the learning rate with the best mean validation accuracy.
 
@@ -523,6 +531,7 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
             if config.get("pictures", True):
                 plot_label_efficiency(results["rows"], output / "label_efficiency.png")
             print(format_table(results["rows"]), flush=True)
+            log_results(logger, output, "unfused", config, results["rows"], pictures(config, output))
         _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
         return results
 

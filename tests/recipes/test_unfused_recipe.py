@@ -262,3 +262,23 @@ def test_lr_candidates_are_chosen_on_validation(tmp_path: Path, capsys: pytest.C
     with pytest.raises(RecipeError, match="needs a labeled validation split.*val_fraction"):
         run_unfused(tiny_config(**{**sweep, "data.val_fraction": 0.0}), tmp_path / "noval", logger="none")
     assert not (tmp_path / "noval" / "teacher").exists()  # refused before anything trained
+
+
+def test_wandb_logs_every_stage_in_one_group_with_the_table_and_pictures(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewlabel.plugins.recipes.build import wandb_group
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = tiny_config(pictures="true", **{"finetune.labels_per_class": "[1]", "finetune.seeds": "[0]"})
+    run_unfused(config, tmp_path, logger="wandb")  # offline: written under tmp_path/wandb
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 4  # teacher, student, the fine-tunes, results
+    group = wandb_group(tmp_path)
+    assert all(group.encode() in next(run.glob("run-*.wandb")).read_bytes() for run in runs)
+    assert group != wandb_group(tmp_path / "other") and group.startswith(tmp_path.name)
+    (results,) = [run for run in runs if list(run.glob("files/media/table/results_*.table.json"))]
+    table = json.loads(next(results.glob("files/media/table/results_*.table.json")).read_text())
+    assert table["columns"][:3] == ["method", "labels_per_class", "accuracy_mean"] and len(table["data"]) == 3
+    images = {path.name.split("_0_")[0] for path in results.glob("files/media/images/*.png")}
+    assert images == {"label_efficiency", "embeddings_teacher", "embeddings_student"}
+    assert b"nredo" in next(results.glob("run-*.wandb")).read_bytes()  # the recipe's config, recorded in that run
