@@ -127,8 +127,8 @@ def stratified_split(
 
     Raises:
         ValueError: If ``fraction`` is outside ``[0, 1)``, if ``fraction > 0`` and a class
-            has a single sample (the message names it), or if either part is too small to
-            contain every class.
+            has a single sample (the message names it), if either part is too small to
+            contain every class, or if no sample has a known label.
     """
     targets = _check_targets(targets)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
@@ -138,6 +138,8 @@ def stratified_split(
     unknown = np.flatnonzero(targets < 0)
     if unknown.size:
         known = np.flatnonzero(targets >= 0)
+        if not known.size:
+            raise ValueError("cannot hold out a stratified split: no sample has a known (non-negative) label")
         keep, held = stratified_split(targets[known], fraction, seed, class_names)
         return np.sort(np.concatenate([known[keep], unknown])).astype(np.int64), known[held]
     positions = np.arange(targets.size, dtype=np.int64)
@@ -156,4 +158,12 @@ def stratified_split(
             "classes: add samples or change the fraction"
         )
     keep, held = train_test_split(positions, test_size=float(fraction), stratify=targets, random_state=seed)
+    for side, name in ((keep, "kept"), (held, "held-out")):  # sklearn's rounding can empty a small class's side
+        missing = np.setdiff1d(classes, targets[side])
+        if missing.size:
+            raise ValueError(
+                f"holding out {fraction:g} of {targets.size} samples leaves class "
+                f"{_class_label(int(missing[0]), class_names)} ({int(counts[classes == missing[0]][0])} samples) "
+                f"with none on the {name} side: change the fraction or add samples to that class"
+            )
     return np.sort(keep).astype(np.int64), np.sort(held).astype(np.int64)

@@ -37,15 +37,19 @@ def _run(output: Path) -> dict[str, Any]:
     return json.loads((output / "results.json").read_text())
 
 
-def _kill_when(output: Path, ready: Any) -> None:
-    """Start the run and SIGKILL it as soon as ``ready(output)`` holds (a checkpoint or result on disk)."""
+def _kill_when(output: Path, ready: Any, sig: int = signal.SIGKILL) -> None:
+    """Start the run and send it ``sig`` (SIGKILL, or SIGINT: Ctrl-C) as soon as ``ready(output)`` holds
+    (a checkpoint or result on disk); check that it stopped and left no results and no half-written file."""
     proc = subprocess.Popen(_command(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.monotonic() + 600
     while not ready(output) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (output / "results.json").exists()
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    # Ctrl-C inside a fit: Lightning's graceful shutdown exits with 1; elsewhere Python dies of SIGINT
+    assert proc.wait(timeout=120) in ((-signal.SIGKILL,) if sig == signal.SIGKILL else (1, -signal.SIGINT))
+    assert not (output / "results.json").exists() and (output / "config.yaml").exists()
+    assert not [path for path in output.rglob("*") if path.name.endswith((".tmp", ".tmp.png"))]
 
 
 def _comparable(results: dict[str, Any]) -> dict[str, Any]:
@@ -68,3 +72,10 @@ def test_fresh_reused_and_killed_runs_give_identical_results(tmp_path: Path) -> 
     assert not (killed / "teacher" / "final.ckpt").exists()
     _kill_when(killed, lambda out: len(list(out.glob("finetune/*/*.json"))) >= 2)
     assert _comparable(_run(killed)) == fresh
+
+    # Ctrl-C in the middle of the student, then of the fine-tune runs, then finished
+    interrupted = tmp_path / "interrupted"
+    _kill_when(interrupted, lambda out: (out / "student" / "last.ckpt").exists(), signal.SIGINT)
+    assert (interrupted / "teacher" / "final.ckpt").exists() and not (interrupted / "student" / "final.ckpt").exists()
+    _kill_when(interrupted, lambda out: len(list(out.glob("finetune/*/*.json"))) >= 2, signal.SIGINT)
+    assert _comparable(_run(interrupted)) == fresh
