@@ -35,6 +35,11 @@ class EMATeacher(L.Callback):
 
     Raises:
         ValueError: momenta outside ``[0, 1]`` or ``total_steps < 1``.
+
+    Example:
+        >>> ema = EMATeacher(base_momentum=0.99, final_momentum=1.0)
+        >>> ema.base_momentum, ema.final_momentum
+        (0.99, 1.0)
     """
 
     #: Marker that methods with momentum teachers look for in ``trainer.callbacks``.

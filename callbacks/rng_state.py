@@ -17,6 +17,12 @@ class RNGStateKeeper(L.Callback):
     Lightning checkpoints the model, optimiser and loop state but not the global generators that
     drive augmentation and data shuffling; with this callback a run resumed from an end-of-epoch
     checkpoint draws the same random numbers as the run that was never interrupted.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[RNGStateKeeper()], logger=False, enable_progress_bar=False)
+        >>> any(isinstance(c, RNGStateKeeper) for c in trainer.callbacks)
+        True
     """
 
     def state_dict(self) -> dict[str, Any]:

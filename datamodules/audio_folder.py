@@ -85,6 +85,13 @@ class AudioFileDataset(FileDataset):
         sample_rate: Target sample rate in Hz.
         num_samples: Length of every input.
         cache: Keep the full decoded waveforms in memory.
+
+    Example:
+        >>> import numpy as np, soundfile as sf
+        >>> sf.write("clip.wav", np.zeros(8000, dtype=np.float32), 8000)  # 1 s at 8 kHz
+        >>> ds = AudioFileDataset(["clip.wav"], np.array([0]), sample_rate=16000, num_samples=4000)
+        >>> ds.load(0, train=False).shape  # resampled to 16 kHz, centre-cropped to 4000 samples
+        torch.Size([4000])
     """
 
     def __init__(

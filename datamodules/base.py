@@ -30,6 +30,13 @@ class DatasetSplits(NamedTuple):
         class_names: Name of each class; targets index into it.
         val: A dataset's official validation split (e.g. Speech Commands' ``validation_list.txt``),
             used instead of carving one off ``train`` when ``val_fraction > 0``; ``None`` = carve.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from fewlabel.datamodules import InMemoryDataset
+        >>> data = InMemoryDataset(torch.zeros(4, 2), np.array([0, 1, 0, 1]))
+        >>> DatasetSplits(train=data, test=data, class_names=["a", "b"]).val is None  # carve a validation split
+        True
     """
 
     train: FewLabelDataset
@@ -72,6 +79,18 @@ class FewLabelDataModule(L.LightningDataModule):
 
     Raises:
         ValueError: On an invalid argument, naming it and the valid values.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from fewlabel.datamodules import InMemoryDataset
+        >>> class Toy(FewLabelDataModule):
+        ...     def load_splits(self):
+        ...         data = InMemoryDataset(torch.rand(40, 3), np.arange(40) % 2)
+        ...         return DatasetSplits(train=data, test=data, class_names=["even", "odd"])
+        >>> dm = Toy(labels_per_class=3, val_fraction=0.25)
+        >>> dm.setup()
+        >>> len(dm.labeled_indices), dm.num_unlabeled, sorted(next(iter(dm.labeled_dataloader())))
+        (6, 30, ['index', 'input', 'label'])
     """
 
     def __init__(
@@ -386,6 +405,15 @@ class SeededShuffle(Sampler[int]):
     epoch ``e`` of a fit is served in the same order in a fresh, a resumed and a separate run, and no
     random number is drawn from torch's global generator. Iterated without ``set_epoch``, the epochs
     count up from 0 by themselves.
+
+    Example:
+        >>> order = SeededShuffle(5, seed=0)
+        >>> first = list(order)  # epoch 0; the next iteration is epoch 1
+        >>> sorted(first) == [0, 1, 2, 3, 4] and first == list(SeededShuffle(5, seed=0))
+        True
+        >>> order.set_epoch(0)
+        >>> list(order) == first
+        True
     """
 
     def __init__(self, num_samples: int, seed: int) -> None:

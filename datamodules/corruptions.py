@@ -213,6 +213,14 @@ class CorruptedView(Dataset[dict[str, Any]]):
     Args:
         dataset: A map-style dataset whose items are dicts with an ``"input"`` tensor.
         corruption: The corruption.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from fewlabel.datamodules import Corruption, InMemoryDataset, SampleView
+        >>> clean = SampleView(InMemoryDataset(torch.full((2, 3, 8, 8), 0.5), np.array([0, 1])))
+        >>> noisy = CorruptedView(clean, Corruption("gaussian_noise", severity=3))
+        >>> noisy[0]["input"].shape, bool((noisy[0]["input"] != clean[0]["input"]).any())
+        (torch.Size([3, 8, 8]), True)
     """
 
     def __init__(self, dataset: Dataset[dict[str, Any]], corruption: Corruption) -> None:

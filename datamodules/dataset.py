@@ -26,6 +26,15 @@ class FewLabelDataset(ABC):
 
     Subclasses set ``targets`` (``int64``, one per sample, ``-1`` = unknown) and implement
     :meth:`load`.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> class Ramp(FewLabelDataset):
+        ...     targets = np.array([0, 1, 1])
+        ...     def load(self, index, train):
+        ...         return torch.full((2,), float(index))
+        >>> len(Ramp()), Ramp().subset(np.array([2])).load(0, train=False)
+        (3, tensor([2., 2.]))
     """
 
     targets: np.ndarray
@@ -63,6 +72,12 @@ class InMemoryDataset(FewLabelDataset):
 
     Raises:
         ValueError: If the lengths differ.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> ds = InMemoryDataset(torch.tensor([[0, 255]], dtype=torch.uint8), np.array([1]))
+        >>> ds.load(0, train=False)  # 8-bit inputs come out in [0, 1]
+        tensor([0., 1.])
     """
 
     def __init__(self, inputs: Tensor, targets: np.ndarray) -> None:
@@ -84,6 +99,13 @@ class SubsetDataset(FewLabelDataset):
     Args:
         source: The dataset to select from.
         indices: Positions in ``source``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from fewlabel.datamodules import InMemoryDataset
+        >>> sub = SubsetDataset(InMemoryDataset(torch.arange(4.0)[:, None], np.array([0, 1, 0, 1])), np.array([3, 0]))
+        >>> sub.targets.tolist(), sub.load(0, train=False)
+        ([1, 0], tensor([3.]))
     """
 
     def __init__(self, source: FewLabelDataset, indices: np.ndarray) -> None:
@@ -109,6 +131,14 @@ class SampleView(Dataset[dict[str, object]]):
         positions: Which samples to serve, as positions in ``dataset``; ``None`` = all, in order.
         train: Load inputs in training mode (random crops) or evaluation mode.
         hide_labels: Serve the samples as unlabeled.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from fewlabel.datamodules import InMemoryDataset
+        >>> data = InMemoryDataset(torch.zeros(3, 2), np.array([0, 1, 1]))
+        >>> view = SampleView(data, positions=np.array([2]), hide_labels=True)
+        >>> len(view), view[0]["label"], view[0]["target"], view[0]["index"]
+        (1, -1, 1, 2)
     """
 
     def __init__(

@@ -110,6 +110,17 @@ class FileDataset(FewLabelDataset):
         files: The usable files.
         targets: Their class ids.
         skipped: ``"path (reason)"`` for every file that could not be decoded.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from pathlib import Path
+        >>> class Lengths(FileDataset):
+        ...     def decode(self, path):
+        ...         return torch.tensor([float(len(path.read_text()))])
+        >>> _ = Path("a.txt").write_text("abc")
+        >>> ds = Lengths(["a.txt", "missing.txt"], np.array([0, 1]))
+        >>> ds.load(0, train=False), len(ds), len(ds.skipped)  # the unreadable file is skipped and reported
+        (tensor([3.]), 1, 1)
     """
 
     def __init__(self, files: Sequence[Path], targets: np.ndarray, cache: bool = True) -> None:
@@ -165,6 +176,11 @@ class FolderDataModule(FewLabelDataModule):
 
     Raises:
         ValueError: If ``test_fraction`` is outside ``(0, 1)``.
+
+    Example:
+        >>> from fewlabel.datamodules import AudioFolderDataModule, ImageFolderDataModule
+        >>> issubclass(ImageFolderDataModule, FolderDataModule) and issubclass(AudioFolderDataModule, FolderDataModule)
+        True
     """
 
     extensions: tuple[str, ...] = ()

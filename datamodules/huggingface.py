@@ -36,6 +36,12 @@ class WaveformDataset(FewLabelDataset):
         waves: One ``(T_i,)`` ``float32`` waveform per sample.
         targets: Class id of each (``-1`` = unknown).
         num_samples: Length of every input.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> ds = WaveformDataset([torch.ones(3)], np.array([0]), num_samples=5)
+        >>> ds.load(0, train=False)  # zero-padded to 5 samples
+        tensor([1., 1., 1., 0., 0.])
     """
 
     def __init__(self, waves: list[Tensor], targets: np.ndarray, num_samples: int) -> None:

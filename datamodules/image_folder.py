@@ -69,6 +69,15 @@ class ImageFileDataset(FileDataset):
         image_size: Side length of every input.
         channels: 1 (grayscale, PIL ``"L"``) or 3 (``"RGB"``); any input mode is converted.
         cache: Keep the decoded images in memory.
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> Image.new("RGB", (20, 10), (255, 0, 0)).save("red.png")
+        >>> ds = ImageFileDataset(["red.png"], np.array([0]), image_size=8, channels=3)
+        >>> x = ds.load(0, train=False)
+        >>> x.shape, x[:, 0, 0]
+        (torch.Size([3, 8, 8]), tensor([1., 0., 0.]))
     """
 
     def __init__(
@@ -119,6 +128,18 @@ class ImageFolderDataModule(FolderDataModule):
 
     Raises:
         ValueError: On a non-positive ``image_size`` or ``channels`` other than 1 or 3.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        ...     Path("images", name).mkdir(parents=True)
+        ...     for i in range(4):
+        ...         Image.new("RGB", (12, 12), colour).save(f"images/{name}/{i}.png")
+        >>> dm = ImageFolderDataModule("images", image_size=8, labels_per_class=1, val_fraction=0.0, test_fraction=0.5)
+        >>> dm.setup()
+        >>> dm.class_names, dm.input_shape, dm.num_unlabeled
+        (['blue', 'red'], (3, 8, 8), 4)
     """
 
     extensions = IMAGE_EXTENSIONS

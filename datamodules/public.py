@@ -122,6 +122,10 @@ class STL10DataModule(_ImageBenchmark):
 
     Raises:
         FileNotFoundError: at setup, if the files are not there (naming the folder).
+
+    Example:
+        >>> dm = STL10DataModule("data", labels_per_class=4, download=True)  # doctest: +SKIP
+        >>> dm.setup()  # doctest: +SKIP
     """
 
     def __init__(self, root: str | Path, unlabeled: bool = True, download: bool = False, verify: bool = False,
@@ -190,6 +194,11 @@ class SpeechCommandsDataModule(_AudioBenchmark):
     Raises:
         FileNotFoundError: at setup, if the folder or a split list is missing.
         ValueError: at setup, for a name in ``classes`` that is not a word folder.
+
+    Example:
+        >>> digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+        >>> dm = SpeechCommandsDataModule("data", classes=digits, labels_per_class=5)  # doctest: +SKIP
+        >>> dm.setup()  # doctest: +SKIP
     """
 
     folder = Path("SpeechCommands") / "speech_commands_v0.02"
@@ -251,6 +260,10 @@ class ESC50DataModule(_AudioBenchmark):
     Raises:
         ValueError: On a ``test_fold`` outside 1-5; at setup, on a CSV without the ESC-50 columns.
         FileNotFoundError: at setup, if the CSV is missing.
+
+    Example:
+        >>> dm = ESC50DataModule("ESC-50-master", test_fold=1, labels_per_class=5)  # doctest: +SKIP
+        >>> dm.setup()  # doctest: +SKIP
     """
 
     columns = ("filename", "fold", "target", "category", "esc10")

@@ -41,6 +41,14 @@ class Embeddings:
             converts chunk by chunk; other consumers can use ``np.asarray(x[a:b], np.float32)``.
         labels: ``(N,)`` int64 (``-1`` = unknown).
         indices: ``(N,)`` int64 dataset positions, strictly increasing.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> batches = [{"input": torch.ones(2, 3), "label": torch.tensor([4, 5]), "index": torch.tensor([1, 0])}]
+        >>> found = gather_embeddings(nn.Flatten(), batches)
+        >>> found.embeddings.shape, found.labels.tolist(), found.indices.tolist()
+        ((2, 3), [5, 4], [0, 1])
     """
 
     embeddings: np.ndarray

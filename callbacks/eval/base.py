@@ -75,6 +75,11 @@ class EmbeddingEvaluator(L.Callback):
 
     Raises:
         ValueError: a bad schedule, name or loader argument, naming the valid values.
+
+    Example:
+        >>> from fewlabel.callbacks import KNNEvaluator
+        >>> issubclass(KNNEvaluator, EmbeddingEvaluator)
+        True
     """
 
     def __init__(

@@ -54,6 +54,14 @@ class ClusterResult:
             assigned centroid in the clustered space.
         margins: ``(N,)`` float32 confidence of each row's assignment: its squared distance to the
             second-nearest centroid minus that to its own (``inf`` when ``k = 1``); ``None`` when unknown.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.concatenate([rng.normal(m, 0.1, (20, 4)) for m in (-5, 5)])
+        >>> result = cluster_embeddings(x, 2, pca_dim=None)
+        >>> sorted(result.sizes.tolist()), result.num_empty, result.labels.shape
+        ([20, 20], 0, (40,))
     """
 
     labels: np.ndarray

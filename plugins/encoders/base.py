@@ -33,6 +33,18 @@ class Encoder(nn.Module):
         embed_dim: Size ``D`` of the embedding returned by :meth:`forward`.
         num_features: Alias of ``embed_dim`` (timm's name).
         intermediate_dims: Sizes of the pooled block features from :meth:`forward_intermediates`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Flat(Encoder):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net, self.embed_dim, self.intermediate_dims = nn.Linear(4, 2), 2, []
+        ...     def forward_intermediates(self, z):
+        ...         return self.net(z.flatten(1)), []
+        >>> Flat()(torch.rand(3, 2, 2)).shape, Flat().num_features
+        (torch.Size([3, 2]), 2)
     """
 
     embed_dim: int

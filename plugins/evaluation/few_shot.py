@@ -46,6 +46,12 @@ class Episode(NamedTuple):
     Attributes:
         support: ``(N * K,)`` int64 positions, class by class (``K`` of the first chosen class first).
         query: ``(N * Q,)`` int64 positions, class by class, disjoint from ``support``.
+
+    Example:
+        >>> import numpy as np
+        >>> (episode,) = sample_episodes(np.repeat(np.arange(3), 10), n_way=2, k_shot=1, n_query=4, num_episodes=1)
+        >>> episode.support.shape, episode.query.shape
+        ((2,), (8,))
     """
 
     support: np.ndarray
@@ -60,6 +66,14 @@ class FewShotResult:
         mean: mean episode accuracy in ``[0, 1]``.
         ci95: half-width of the 95 % confidence interval, ``1.96 * std / sqrt(E)`` (``ddof=0``).
         accuracies: ``(E,)`` float64 accuracy of each episode, in draw order.
+
+    Example:
+        >>> import numpy as np
+        >>> labels = np.repeat(np.arange(5), 20)
+        >>> embeddings = np.eye(5, dtype=np.float32)[labels]  # every class its own point
+        >>> result = evaluate_episodes("protonet", embeddings, labels, n_way=5, k_shot=1, num_episodes=10)
+        >>> float(result.mean), result.accuracies.shape
+        (1.0, (10,))
     """
 
     mean: float

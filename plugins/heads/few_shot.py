@@ -109,6 +109,11 @@ class FewShotHead(nn.Module):
             whose length differs, NaN/inf, a support label outside ``classes``, a class of
             ``classes`` without a support sample; from ``forward``: a query of another dimension, NaN/inf.
         RuntimeError: ``forward`` before ``fit``.
+
+    Example:
+        >>> from fewlabel.plugins.heads import ProtoNet, SimpleShot
+        >>> issubclass(ProtoNet, FewShotHead) and issubclass(SimpleShot, FewShotHead)
+        True
     """
 
     #: Whether ``forward`` uses the query batch as a whole (transductive inference).

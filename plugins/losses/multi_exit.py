@@ -28,6 +28,14 @@ class MultiExitDistillationLoss(nn.Module):
     Returns (forward):
         ``(total_loss, parts)`` where ``parts`` holds the detached ``ce``, ``aux_ce``, ``kl``,
         ``feature`` terms for logging.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = MultiExitDistillationLoss()
+        >>> final, aux = torch.randn(4, 3), [torch.randn(4, 3), torch.randn(4, 3)]
+        >>> loss, parts = loss_fn(final, aux, torch.tensor([0, 1, 2, 0]))
+        >>> loss.ndim, bool(loss > 0)
+        (0, True)
     """
 
     def __init__(self, aux_ce_weight: float = 0.7, kl_weight: float = 0.3, feature_weight: float = 0.003,

@@ -41,6 +41,12 @@ class Method(L.LightningModule):
         lr, weight_decay, momentum, warmup_fraction: Optimiser settings; the schedule warms up over
             ``warmup_fraction`` of the steps, then decays to 0 on a cosine.
         intermediates: The method needs the encoder's block features (multi-exit heads).
+
+    Example:
+        >>> from fewlabel.plugins import SimCLR
+        >>> model = SimCLR({"name": "small_cnn", "width": 4})
+        >>> isinstance(model, Method), model.encoder.embed_dim
+        (True, 16)
     """
 
     def __init__(

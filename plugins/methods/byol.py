@@ -144,6 +144,11 @@ class BYOLA(BYOL):
         encoder: An audio encoder taking raw waveforms (e.g. ``{"name": "audio_ntt"}``).
         augment: View augmentation after the log-mel front end; ``None`` = ``ByolaAugment()``.
         hidden_dim, out_dim, optimizer, lr, weight_decay, momentum, warmup_fraction: See :class:`BYOL`.
+
+    Example:
+        >>> model = BYOLA({"name": "small_cnn", "width": 4}, hidden_dim=32, out_dim=16)
+        >>> model.encoder.embed_dim
+        16
     """
 
     def __init__(

@@ -58,6 +58,11 @@ class DeepClusterV2(Method):
             0.927 vs 0.929, paired difference -0.003 +- 0.008 (s.e.); ``benchmarks/dcv2_init_memory.py``.
         optimizer, lr, weight_decay, momentum, warmup_fraction: Optimiser and warm-up + cosine schedule.
         seed: Seed of the k-means.
+
+    Example:
+        >>> model = DeepClusterV2({"name": "small_cnn", "width": 4}, num_samples=100, hidden_dim=32, feat_dim=16)
+        >>> list(model.hparams.num_prototypes), model.encoder.embed_dim
+        ([30, 30, 30], 16)
     """
 
     def __init__(

@@ -15,6 +15,11 @@ class PseudoLabelMixin(nn.Module):
     :class:`fewlabel.callbacks.PseudoLabeler` replaces it with a table of the dataset's length;
     loading a checkpoint resizes it to the stored length. ``training_step`` reads
     ``self.pseudo_labels[batch["index"]]``.
+
+    Example:
+        >>> from fewlabel.plugins import SelfDistillation
+        >>> issubclass(SelfDistillation, PseudoLabelMixin)
+        True
     """
 
     pseudo_labels: Tensor

@@ -37,6 +37,11 @@ class SelfDistillation(PseudoLabelMixin, Method):
             code) they send gradients into it too (see :class:`MultiExitDistillationLoss`).
         optimizer, lr, weight_decay, momentum, warmup_fraction: SGD lr 0.03, momentum 0.9, wd 1e-4
             in the reference code; warm-up + cosine per step.
+
+    Example:
+        >>> student = SelfDistillation({"name": "small_cnn", "width": 4}, num_classes=10, num_samples=100)
+        >>> student.pseudo_labels.shape, int(student.pseudo_labels[0])  # -1 until a PseudoLabeler fills them
+        (torch.Size([100]), -1)
     """
 
     def __init__(

@@ -118,6 +118,14 @@ class GreedySoup(NamedTuple):
         ingredients: Positions (in the input sequence) of the ingredients in the soup, in the order added.
         score: The held-out score of the soup.
         scores: The held-out score of each input model alone, by input position.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> ingredients = [nn.Linear(2, 1) for _ in range(3)]
+        >>> soup = greedy_soup(ingredients, lambda state: -float(state["bias"].abs().sum()))
+        >>> soup.ingredients[0] == int(torch.stack([m.bias.abs().sum() for m in ingredients]).argmin())
+        True
     """
 
     state_dict: dict[str, Tensor]

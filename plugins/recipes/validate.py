@@ -29,7 +29,17 @@ from fewlabel.plugins.registry import Registry, closest
 
 
 class RecipeError(ValueError):
-    """A problem with a recipe's configuration, data or run folder; the CLI prints it in one line."""
+    """A problem with a recipe's configuration, data or run folder; the CLI prints it in one line.
+
+    Example:
+        >>> from fewlabel.plugins.recipes import load_config
+        >>> from fewlabel.plugins.recipes.build import DATAMODULES
+        >>> try:
+        ...     check_config(load_config("unfused", overrides=["finetune.trainer.max_epoch=3"]), DATAMODULES)
+        ... except RecipeError as err:
+        ...     print(err)
+        unknown key finetune.trainer.max_epoch (did you mean 'max_epochs'?)
+    """
 
 
 #: Trainer keys the recipe owns: it passes its own logger, callbacks and checkpointing to every stage.

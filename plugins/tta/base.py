@@ -68,6 +68,11 @@ class TTAWrapper(nn.Module):
 
     Raises:
         ValueError: ``steps`` is not an int >= 1.
+
+    Example:
+        >>> from fewlabel.plugins.tta import Tent
+        >>> issubclass(Tent, TTAWrapper)
+        True
     """
 
     #: Whether adaptation changes the model's tensors (``False``: nothing to snapshot or restore).
