@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -228,6 +229,10 @@ class LinearProbeEvaluator(EmbeddingEvaluator):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         assert self.probe is not None
+        if self.steps == 0:
+            rank_zero_warn(f"{self._name}: the probe has not trained: no training batch had a "
+                           f"{self.label_key!r} >= 0 (an unlabeled loader hides them), so its accuracy is a random "
+                           "head's; train on labeled batches, or use KNNEvaluator / FewShotEvaluator")
         emb = self.gather(trainer, pl_module, self.resolve_eval_dataloader(trainer), self._eval_dataloader_arg)
         device = self.probe.weight.device
         correct = 0

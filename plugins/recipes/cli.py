@@ -1,7 +1,10 @@
 """The ``fewlabel`` command.
 
-- ``fewlabel run unfused|simclrv2 [--config FILE] [--output DIR] [--verbose] [--key VALUE ...]``: run a recipe end to end
-  (UnFuSeD, :mod:`fewlabel.plugins.recipes.unfused`; SimCLRv2, :mod:`fewlabel.plugins.recipes.simclrv2`);
+- ``fewlabel fit|validate|test|predict --config FILE [...]``: Lightning's ``LightningCLI`` over any module and
+  datamodule named by ``class_path`` (:mod:`fewlabel.plugins.recipes.lightning_cli`; ``examples/configs/``);
+- ``fewlabel run unfused|simclrv2 [--config FILE] [--output DIR] [--print_config] [--verbose]
+  [--key VALUE ...]``: run a recipe end to end (UnFuSeD, :mod:`fewlabel.plugins.recipes.unfused`; SimCLRv2,
+  :mod:`fewlabel.plugins.recipes.simclrv2`);
 - ``fewlabel fewshot --checkpoint CKPT [--config FILE] [--head protonet ...] [--ways 5] [--shots 1 5]
   [--queries 15] [--episodes 1000] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
   encoder on the configuration's data (see :mod:`fewlabel.plugins.recipes.fewshot`).
@@ -16,8 +19,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import yaml
+
 from fewlabel.plugins.heads.registry import list_few_shot_heads
 from fewlabel.plugins.recipes.build import LOGGERS, set_verbose
+from fewlabel.plugins.recipes.lightning_cli import LIGHTNING_SUBCOMMANDS, lightning_cli
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.fewshot import (
     CENTERS,
@@ -49,8 +55,10 @@ def _overrides(extra: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewlabel", description="Learning from few labels with Lightning.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="fewlabel", allow_abbrev=False,
+        description="Learning from few labels with Lightning. Also: fewlabel fit|validate|test|predict --config "
+                    "FILE (Lightning's LightningCLI with class_path / init_args; see examples/configs/).")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a recipe end to end", allow_abbrev=False,
                          epilog="Any config key can be overridden: --data.root PATH --trainer.devices 2 --seed 1 ...")
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute", action="store_true",
                      help="delete and recompute stages that this --output folder holds with other settings")
     run.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
+    run.add_argument("--print_config", action="store_true", help="print the merged configuration and exit")
     run.add_argument("--verbose", action="store_true",
                      help="Lightning's own progress bars and messages (default: one bar per stage)")
     few = sub.add_parser("fewshot", help="few-shot episode accuracy of a checkpoint's encoder", allow_abbrev=False,
@@ -98,12 +107,20 @@ def _fewshot(args: argparse.Namespace, extra: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        lightning_cli(None if command_line else argv)  # None: LightningCLI reads sys.argv itself
+        return 0
     args, extra = build_parser().parse_known_args(argv)
     try:
         if args.command == "fewshot":
             _fewshot(args, extra)
             return 0
         config = load_config(args.recipe, args.config, _overrides(extra))
+        if args.print_config:
+            print(yaml.safe_dump(config, sort_keys=False), end="")
+            return 0
         set_verbose(args.verbose)
         if args.recipe == "simclrv2":
             from fewlabel.plugins.recipes.simclrv2 import run_simclrv2 as run_recipe

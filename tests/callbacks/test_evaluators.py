@@ -227,7 +227,8 @@ def test_linear_probe_step_is_sgd_on_the_mean_cross_entropy_of_the_labeled_rows(
 def test_linear_probe_without_labels_in_the_batches_uses_labeled_dataloader() -> None:
     dm = BlobDataModule(train_labels="none", noise=0.3)
     idle = LinearProbeEvaluator(lr=0.05)
-    make_trainer(1, [idle]).fit(UserModule(), datamodule=dm)
+    with pytest.warns(UserWarning, match="the probe has not trained: no training batch had a 'label' >= 0"):
+        make_trainer(1, [idle]).fit(UserModule(), datamodule=dm)
     assert idle.steps == 0 and idle.probe is not None and idle.probe.weight.abs().sum() == 0
     fed = LinearProbeEvaluator(lr=0.05, labeled_dataloader=lambda: dm.labeled_dataloader(train=True))
     make_trainer(3, [fed]).fit(UserModule(), datamodule=dm)
