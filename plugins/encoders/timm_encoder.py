@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import timm
+import torch
+from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from fewlabel.plugins.encoders.base import Encoder, check_input
@@ -44,6 +46,11 @@ class TimmEncoder(Encoder):
             input is then a waveform); ``None`` = no front end (the input is an image batch).
         intermediate_indices: Which blocks ``forward_intermediates`` returns, as timm takes them:
             ``None`` = all, ``n`` = the last ``n``, a list = those indices (negative allowed).
+        normalize: Standardise image inputs in ``[0, 1]`` with the backbone's own data config
+            (``timm.data.resolve_model_data_config``: its ``mean`` and ``std``, averaged over the three
+            colours for one channel), after augmentation, in every forward pass. Off by default: the
+            recipes' backbones train from scratch on ``[0, 1]`` inputs (their figures were measured so);
+            turn it on for weights trained with that normalisation. Not with a front end.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``img_size``).
 
     Raises:
@@ -61,6 +68,7 @@ class TimmEncoder(Encoder):
         in_chans: int | None = None,
         frontend: dict[str, Any] | None = None,
         intermediate_indices: int | list[int] | None = None,
+        normalize: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -75,6 +83,15 @@ class TimmEncoder(Encoder):
         # Size of forward_head(pre_logits=True): num_features, or the head's hidden size where the
         # model has a pre-logits layer after its features (e.g. MobileNetV3's conv_head).
         self.embed_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        if normalize and frontend is not None:
+            raise ValueError("normalize standardises images in [0, 1]; a log-mel front end's output is not one")
+        self.normalize = bool(normalize)
+        config = resolve_model_data_config(self.model)
+        mean, std = torch.tensor(config["mean"]), torch.tensor(config["std"])
+        if in_chans != len(mean):
+            mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
+        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
         feature_info = getattr(self.model, "feature_info", None)
         self.supports_intermediates = hasattr(self.model, "forward_intermediates") and bool(feature_info)
         self._indices: list[int] = []
@@ -118,6 +135,7 @@ class TimmEncoder(Encoder):
         check_input(z, (4,), f"TimmEncoder({self.model_name})")
         if z.shape[1] != self.in_chans:
             raise ValueError(f"TimmEncoder({self.model_name}) expects {self.in_chans} channels, got shape {tuple(z.shape)}")
+        z = self._standardise(z)
         if not self.supports_intermediates:
             return self.model(z), []
         final, intermediates = self.model.forward_intermediates(z, indices=self._indices)
@@ -127,4 +145,10 @@ class TimmEncoder(Encoder):
     def forward_embed(self, z: Tensor) -> Tensor:
         """Embedding only, through timm's ordinary forward (no intermediates kept)."""
         check_input(z, (4,), f"TimmEncoder({self.model_name})")
-        return self.model(z)
+        return self.model(self._standardise(z))
+
+    def _standardise(self, z: Tensor) -> Tensor:
+        """``(z - mean) / std`` with the backbone's data config when ``normalize``, else ``z``."""
+        if not self.normalize:
+            return z
+        return (z - self.input_mean.to(z.dtype)) / self.input_std.to(z.dtype)
