@@ -19,3 +19,6 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     acc = namespace["trainer"].callback_metrics["test/acc"]  # type: ignore[attr-defined]
     assert 0.0 <= float(acc) <= 1.0
     assert set(namespace["labeler"].metrics) >= {"pseudo_labels/nmi"}  # type: ignore[attr-defined]
+    for block in blocks[1:]:  # later examples continue the first
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert float(namespace["probe"].callback_metrics["val/embedding_norm"]) > 0  # type: ignore[attr-defined]
