@@ -136,6 +136,8 @@ def set_verbose(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         # a stage folder holds the recipe's own files next to its checkpoints (resume is the recipe's)
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # a few-label fine-tune has 1-2 batches an epoch: its losses are logged at epoch ends instead
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
 
 def make_trainer(config: dict[str, Any], stage_trainer: dict[str, Any], *, logger: Logger | bool,
