@@ -122,10 +122,11 @@ _console = {"verbose": False}
 def set_verbose(verbose: bool) -> None:
     """The console of recipe runs in this process (the ``fewlabel`` command calls it; ``--verbose``).
 
-    Quiet (the default): one :class:`~fewlabel.callbacks.StageProgressBar` per stage, Lightning's info
-    lines (accelerator banners, tips) and wandb's run banners hidden (``WANDB_SILENT``, unless set), the
-    known deprecation notices of the installed libraries filtered; fewlabel's own ``[fewlabel]`` lines and every warning about the run stay. Verbose:
-    Lightning's own bars and messages, and every warning.
+    Quiet (the default): one :class:`~fewlabel.callbacks.StageProgressBar` per stage; Lightning's info
+    lines (accelerator banners, tips) and wandb's run banners hidden (``WANDB_SILENT``, unless set); the
+    known deprecation notices of the installed libraries and the notices about the recipe's own choices
+    (stage folders it resumes from, one-batch fine-tune epochs) filtered. fewlabel's own ``[fewlabel]``
+    lines and every other warning stay. Verbose: Lightning's own bars and messages, and every warning.
     """
     _console["verbose"] = bool(verbose)
     level = logging.INFO if verbose else logging.WARNING

@@ -12,7 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewlabel.datamodules import DatasetSplits, FewLabelDataModule, InMemoryDataset, label_budget_split, stratified_split
+from fewlabel.datamodules import (
+    DatasetSplits,
+    FewLabelDataModule,
+    InMemoryDataset,
+    label_budget_split,
+    stratified_split,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 targets_strategy = st.lists(st.integers(-1, 4), min_size=1, max_size=60).map(lambda t: np.array(t, dtype=np.int64))
