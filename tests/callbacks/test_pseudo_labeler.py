@@ -312,3 +312,37 @@ def test_teacher_keeps_requires_grad_and_mode(training: bool) -> None:
     assert (module.pseudo_labels >= 0).all()
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(m.training is training for m in teacher.modules())
+
+
+class _Fill(nn.Module):
+    """A teacher whose every embedding is ``value`` (a constant, or NaN)."""
+
+    embed_dim = DIM
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0], DIM), self.value)
+
+
+@pytest.mark.parametrize(("teacher", "kwargs", "match"), [
+    (_Fill(1.0), {}, r"PCA whitening needs variance, but all rows are equal"),  # constant embeddings, whitened
+    (_Fill(float("nan")), {}, r"non-finite"),
+    (_Fill(float("inf")), {"pca_dim": None}, r"non-finite"),
+])
+def test_odd_teachers_end_in_a_clear_error(teacher: nn.Module, kwargs: dict[str, Any], match: str) -> None:
+    """What a teacher cannot be clustered from stops the fit with the reason, not a faiss or numpy error."""
+    with pytest.raises(ValueError, match=match):
+        make_trainer(1, [PseudoLabeler(teacher=teacher, **kwargs)]).fit(BoringPseudoModule(), datamodule=BlobDataModule())
+
+
+def test_duplicated_samples_share_a_pseudo_label() -> None:
+    data = Blobs()
+    data.x[50:] = data.x[:50]  # the second half repeats the first
+    dm = BlobDataModule()
+    dm.data = data
+    module = BoringPseudoModule()
+    make_trainer(1, [PseudoLabeler(pca_dim=None)]).fit(module, datamodule=dm)
+    assert torch.equal(module.pseudo_labels[50:], module.pseudo_labels[:50]) and (module.pseudo_labels >= 0).all()

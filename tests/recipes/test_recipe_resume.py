@@ -73,8 +73,10 @@ def test_fresh_reused_and_killed_runs_give_identical_results(tmp_path: Path) -> 
     _kill_when(killed, lambda out: len(list(out.glob("finetune/*/*.json"))) >= 2)
     assert _comparable(_run(killed)) == fresh
 
-    # Ctrl-C in the middle of the student, then of the fine-tune runs, then finished
+    # Ctrl-C in the middle of the teacher, of the student, then of the fine-tune runs, then finished
     interrupted = tmp_path / "interrupted"
+    _kill_when(interrupted, lambda out: (out / "teacher" / "last.ckpt").exists(), signal.SIGINT)
+    assert not (interrupted / "teacher" / "final.ckpt").exists()
     _kill_when(interrupted, lambda out: (out / "student" / "last.ckpt").exists(), signal.SIGINT)
     assert (interrupted / "teacher" / "final.ckpt").exists() and not (interrupted / "student" / "final.ckpt").exists()
     _kill_when(interrupted, lambda out: len(list(out.glob("finetune/*/*.json"))) >= 2, signal.SIGINT)
