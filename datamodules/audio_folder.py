@@ -61,6 +61,18 @@ def crop_or_pad(wave: Tensor, num_samples: int, train: bool) -> Tensor:
     return wave[start : start + num_samples]
 
 
+def _clip_samples(sample_rate: int, clip_seconds: float) -> int:
+    """Samples in a ``clip_seconds`` clip at ``sample_rate`` (at least 1), after checking both.
+
+    Raises:
+        ValueError: ``sample_rate`` is not an int >= 1 or ``clip_seconds`` not a positive number.
+    """
+    _check_int("sample_rate", sample_rate, 1)
+    if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) or clip_seconds <= 0:
+        raise ValueError(f"clip_seconds must be a positive number, got {clip_seconds!r}")
+    return max(1, round(clip_seconds * sample_rate))
+
+
 def mono_waveform(data: np.ndarray, rate: int, sample_rate: int) -> Tensor:
     """``(frames, channels)`` (or ``(frames,)``) samples at ``rate`` as a mono ``float32`` waveform at
     ``sample_rate``: channels averaged, resampled with :func:`torchaudio.functional.resample`."""
@@ -163,12 +175,9 @@ class AudioFolderDataModule(FolderDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(root, test_fraction=test_fraction, cache=cache, **kwargs)
-        _check_int("sample_rate", sample_rate, 1)
-        if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) or clip_seconds <= 0:
-            raise ValueError(f"clip_seconds must be a positive number, got {clip_seconds!r}")
+        self.num_samples = _clip_samples(sample_rate, clip_seconds)
         self.sample_rate = sample_rate
         self.clip_seconds = float(clip_seconds)
-        self.num_samples = max(1, round(clip_seconds * sample_rate))
 
     def make_dataset(self, files: list[Path], targets: np.ndarray) -> AudioFileDataset:
         """Decode the audio files (see :class:`AudioFileDataset`)."""

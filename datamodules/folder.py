@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import groupby
 from pathlib import Path
 
@@ -91,6 +91,14 @@ def scan_class_folders(
     files = [path for name in names for path in found[name]]
     targets = np.array([index[name] for name in names for _ in found[name]], dtype=np.int64)
     return list(class_names), files, targets, ignored
+
+
+def _warn_skipped(datasets: Iterable[FileDataset], where: Path) -> None:
+    """One warning listing every file the ``datasets`` skipped (``FileDataset.skipped``), if any."""
+    skipped = [entry for dataset in datasets for entry in dataset.skipped]
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable or empty files under {where}:\n  " + "\n  ".join(skipped),
+                      UserWarning, stacklevel=3)
 
 
 class FileDataset(FewLabelDataset):
@@ -224,13 +232,7 @@ class FolderDataModule(FewLabelDataModule):
             scans[root] = scan_class_folders(root, self.extensions, class_names)[1:]
         self._warn_ignored(scans)
         parts = {root: self.make_dataset(files, targets) for root, (files, targets, _) in scans.items()}
-        skipped = [entry for dataset in parts.values() for entry in dataset.skipped]
-        if skipped:
-            warnings.warn(
-                f"skipped {len(skipped)} unreadable or empty files under {self.root}:\n  " + "\n  ".join(skipped),
-                UserWarning,
-                stacklevel=2,
-            )
+        _warn_skipped(parts.values(), self.root)
         for root, (files, targets, _) in scans.items():
             for target in np.setdiff1d(targets, parts[root].targets):
                 failed = [path for path, t in zip(files, targets) if t == target]

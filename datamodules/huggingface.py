@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from fewlabel.datamodules.audio_folder import crop_or_pad, mono_waveform
+from fewlabel.datamodules.audio_folder import _clip_samples, crop_or_pad, mono_waveform
 from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
 from fewlabel.datamodules.budget import _check_int, stratified_split
 from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset
@@ -117,18 +117,16 @@ class HuggingFaceDataModule(FewLabelDataModule):
                  test_fraction: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_int("image_size", image_size, 1)
-        _check_int("sample_rate", sample_rate, 1)
+        num_samples = _clip_samples(sample_rate, clip_seconds)
         if channels not in PIL_MODES:
             raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels!r}")
-        if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) or clip_seconds <= 0:
-            raise ValueError(f"clip_seconds must be a positive number, got {clip_seconds!r}")
         if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
         self.source = source
         self.input_column, self.label_column = input_column, label_column
         self.keys = {"train": train_key, "val": val_key, "test": test_key}
         self.image_size, self.channels = image_size, channels
-        self.sample_rate, self.num_samples = sample_rate, max(1, round(clip_seconds * sample_rate))
+        self.sample_rate, self.num_samples = sample_rate, num_samples
         self.test_fraction = float(test_fraction)
         self.kind: str | None = None  # "image" or "audio", known after setup
 

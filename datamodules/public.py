@@ -11,7 +11,6 @@ check that the files exist and parse them as usual.
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,10 @@ import torch
 import torchaudio.datasets
 import torchvision.datasets
 
-from fewlabel.datamodules.audio_folder import AudioFileDataset
+from fewlabel.datamodules.audio_folder import AudioFileDataset, _clip_samples
 from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
-from fewlabel.datamodules.budget import _check_int
-from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset
+from fewlabel.datamodules.dataset import InMemoryDataset
+from fewlabel.datamodules.folder import _warn_skipped
 
 __all__ = ["CIFAR10DataModule", "ESC50DataModule", "STL10DataModule", "SpeechCommandsDataModule"]
 
@@ -47,13 +46,6 @@ def _open(make: Any, what: str, folder: Path, files: str) -> Any:
     except RuntimeError as err:
         raise FileNotFoundError(f"{what} not found, incomplete or corrupted in {folder} (expected {files}); put the "
                                 f"extracted archive there or pass download=True") from err
-
-
-def _warn_skipped(datasets: list[FewLabelDataset], where: Path) -> None:
-    skipped = [entry for dataset in datasets for entry in getattr(dataset, "skipped", [])]
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable or empty files under {where}:\n  " + "\n  ".join(skipped),
-                      UserWarning, stacklevel=3)
 
 
 class _ImageBenchmark(FewLabelDataModule):
@@ -157,13 +149,10 @@ class _AudioBenchmark(FewLabelDataModule):
     def __init__(self, root: str | Path, sample_rate: int, clip_seconds: float, cache: bool,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_int("sample_rate", sample_rate, 1)
-        if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) or clip_seconds <= 0:
-            raise ValueError(f"clip_seconds must be a positive number, got {clip_seconds!r}")
+        self.num_samples = _clip_samples(sample_rate, clip_seconds)
         self.root = Path(root).expanduser()
         self.sample_rate = sample_rate
         self.clip_seconds = float(clip_seconds)
-        self.num_samples = max(1, round(clip_seconds * sample_rate))
         self.cache = bool(cache)
 
     def _dataset(self, files: list[Path], targets: list[int]) -> AudioFileDataset:

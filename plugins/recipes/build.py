@@ -24,7 +24,6 @@ from fewlabel.datamodules import (
     SpeechCommandsDataModule,
     STL10DataModule,
 )
-from fewlabel.plugins.recipes.report import COLUMNS
 from fewlabel.plugins.registry import Registry
 
 DATAMODULES: Registry[FewLabelDataModule] = Registry("datamodule")
@@ -97,23 +96,6 @@ def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logge
         return WandbLogger(experiment=parent.experiment, prefix=prefix, log_model=False)
     return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=wandb_group(output), save_dir=str(output),
                        offline=kind == "wandb", log_model=False)
-
-
-def log_results(kind: str, output: Path, recipe: str, config: dict[str, Any], rows: list[dict[str, Any]],
-                pictures: list[Path]) -> None:
-    """With a wandb ``kind``, one more run in the folder's group, ``<recipe>/results``: the whole recipe
-    configuration as its config (recorded once, here), the results table as a ``wandb.Table`` and each
-    picture as a ``wandb.Image`` (keyed by its file name). Other loggers: nothing."""
-    logger = make_logger(kind, output, "results", recipe)
-    if not isinstance(logger, WandbLogger):
-        return
-    import wandb
-
-    run = logger.experiment
-    run.config.update(config, allow_val_change=True)
-    table = wandb.Table(columns=list(COLUMNS), data=[[row.get(column) for column in COLUMNS] for row in rows])
-    run.log({"results": table, **{path.stem: wandb.Image(str(path)) for path in pictures if path.exists()}})
-    close_logger(logger)
 
 
 _console = {"verbose": False}

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+from lightning.pytorch.loggers import WandbLogger
 
 matplotlib.use("Agg")  # files only: no display
 
@@ -19,8 +19,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fewlabel.callbacks.eval.projector import project_2d, render_scatter  # noqa: E402
+from fewlabel.plugins.recipes.build import close_logger, make_logger  # noqa: E402
+from fewlabel.plugins.recipes.stage import replace_atomically  # noqa: E402
 
-__all__ = ["plot_embedding_map", "plot_label_efficiency", "results_csv", "results_markdown", "write_tables"]
+__all__ = ["log_results", "plot_embedding_map", "plot_label_efficiency", "results_csv", "results_markdown",
+           "write_tables"]
 
 #: Points an embedding map shows at most (a seeded sample of the pool beyond).
 MAP_POINTS = 1500
@@ -61,16 +64,29 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
 def write_tables(output: Path, rows: list[dict[str, Any]]) -> None:
     """Write ``results.csv`` and ``results.md`` into ``output`` (each replaced atomically)."""
     for name, text in (("results.csv", results_csv(rows)), ("results.md", results_markdown(rows))):
-        tmp = output / f"{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, output / name)
+        replace_atomically(output / name, lambda tmp, text=text: tmp.write_text(text))
+
+
+def log_results(kind: str, output: Path, recipe: str, config: dict[str, Any], rows: list[dict[str, Any]],
+                pictures: list[Path]) -> None:
+    """With a wandb ``kind``, one more run in the folder's group, ``<recipe>/results``: the whole recipe
+    configuration as its config (recorded once, here), the results table as a ``wandb.Table`` and each
+    picture as a ``wandb.Image`` (keyed by its file name). Other loggers: nothing."""
+    logger = make_logger(kind, output, "results", recipe)
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    run = logger.experiment
+    run.config.update(config, allow_val_change=True)
+    table = wandb.Table(columns=list(COLUMNS), data=[[row.get(column) for column in COLUMNS] for row in rows])
+    run.log({"results": table, **{path.stem: wandb.Image(str(path)) for path in pictures if path.exists()}})
+    close_logger(logger)
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -119,7 +135,5 @@ def plot_embedding_map(embeddings: np.ndarray, colourings: dict[str, np.ndarray]
     for i, (name, colours) in enumerate(colourings.items()):
         image = render_scatter(points, np.asarray(colours)[rows], (panel, panel), title=f"{title}: {name}")
         canvas.paste(image, (i * panel, 0))
-    tmp = path.with_name(path.name + ".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return path

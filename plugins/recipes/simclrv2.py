@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,13 +31,14 @@ from torch import nn
 
 from fewlabel.datamodules import FewLabelDataModule
 from fewlabel.plugins.methods import Classifier, KnowledgeDistillation
-from fewlabel.plugins.recipes.build import DATAMODULES, log_results, make_logger, make_trainer
-from fewlabel.plugins.recipes.report import plot_label_efficiency, write_tables
-from fewlabel.plugins.recipes.stage import check_settings, fit_stage, is_rank_zero, stored_settings, write_json
+from fewlabel.plugins.recipes.build import DATAMODULES, make_logger, make_trainer
+from fewlabel.plugins.recipes.stage import (
+    check_settings, fit_stage, is_rank_zero, replace_atomically, stored_settings, write_json,
+)
 from fewlabel.plugins.recipes.unfused import (
-    TEACHER_KEYS, _augment, _checked, _say, _settings, build_classifier, finetune_runs, format_table, pictures,
-    preflight_classifier, preflight_data, preflight_teacher, preflight_trainers, prepared_run, run_finetune,
-    run_teacher, summarise,
+    TEACHER_KEYS, _augment, _checked, _say, _settings, build_classifier, finetune_runs, preflight_classifier,
+    preflight_data, preflight_teacher, preflight_trainers, prepared_run, publish_results, run_finetune, run_teacher,
+    summarise,
 )
 from fewlabel.plugins.recipes.validate import RecipeError, check_config
 
@@ -132,10 +132,8 @@ def preflight(config: dict[str, Any], dm: FewLabelDataModule) -> None:
 
 def _save_teacher(path: Path, state: dict[str, torch.Tensor], settings: dict[str, Any]) -> None:
     if is_rank_zero():
-        tmp = path.with_suffix(".ckpt.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": state, "settings": settings}, tmp)
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: torch.save({"state_dict": state, "settings": settings}, tmp))
 
 
 def _stored_teacher(path: Path, settings: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -278,12 +276,5 @@ def run_simclrv2(config: dict[str, Any], output: str | Path, logger: str = "wand
         results = {"recipe": METHOD, "dataset": config["data"].get("name", "digits"), "rows": summarise(runs),
                    "runs": [{key: value for key, value in r.items() if key != "settings"} for r in runs],
                    "seconds": time.perf_counter() - start}
-        if is_rank_zero():
-            write_json(output / "results.json", results)
-            write_tables(output, results["rows"])
-            if config.get("pictures", True):
-                plot_label_efficiency(results["rows"], output / "label_efficiency.png")
-            print(format_table(results["rows"]), flush=True)
-            log_results(logger, output, METHOD, config, results["rows"], pictures(config, output))
-        _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
+        publish_results(config, output, logger, METHOD, results)
         return results

@@ -169,11 +169,17 @@ def load_weights(module: L.LightningModule, checkpoint: Path) -> L.LightningModu
     return module
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (a crash never leaves a half-written file that looks finished)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` into ``<path>.tmp``, then move it over ``path``: a crash never leaves a half-written
+    file that looks finished. ``write`` must not infer the format from the name (it ends in ``.tmp``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
 
 
 def fit_stage(
@@ -229,9 +235,7 @@ def fit_stage(
     info = {"metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
     info.update(describe() if describe is not None else {})
     if trainer.is_global_zero:
-        tmp = stage_dir / (FINAL + ".tmp")
-        torch.save({"state_dict": module.state_dict()}, tmp)
-        os.replace(tmp, final)
+        replace_atomically(final, lambda tmp: torch.save({"state_dict": module.state_dict()}, tmp))
         write_json(info_path, info)
     close_logger(trainer.logger)
     trainer.strategy.barrier()

@@ -38,11 +38,9 @@ from fewlabel.plugins.methods import METHODS, Classifier, ClassifierEnsemble, Me
 from fewlabel.plugins.augment.views import make_views
 from fewlabel.plugins.encoders.base import build_encoder
 from fewlabel.plugins.gather import gather_embeddings
-from fewlabel.plugins.recipes.build import (
-    DATAMODULES, close_logger, log_results, make_datamodule, make_logger, make_trainer,
-)
+from fewlabel.plugins.recipes.build import DATAMODULES, close_logger, make_datamodule, make_logger, make_trainer
 from fewlabel.plugins.recipes.config import merge
-from fewlabel.plugins.recipes.report import plot_embedding_map, plot_label_efficiency, write_tables
+from fewlabel.plugins.recipes.report import log_results, plot_embedding_map, plot_label_efficiency, write_tables
 from fewlabel.plugins.recipes.stage import (
     check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
 )
@@ -426,10 +424,20 @@ def draw_embedding_maps(dm: FewLabelDataModule, encoders: dict[str, nn.Module], 
     return paths
 
 
-def pictures(config: dict[str, Any], output: Path) -> list[Path]:
-    """The run folder's pictures (none with ``pictures: false``)."""
-    names = ("label_efficiency.png", "embeddings_teacher.png", "embeddings_student.png")
-    return [output / name for name in names if (output / name).exists()] if config.get("pictures", True) else []
+def publish_results(config: dict[str, Any], output: Path, logger: str, recipe: str, results: dict[str, Any]) -> None:
+    """Every recipe's last step (rank 0 writes): ``results.json``, ``results.csv`` / ``.md``, the
+    label-efficiency curve (unless ``pictures: false``), the printed table, the wandb ``results`` run."""
+    if is_rank_zero():
+        write_json(output / "results.json", results)
+        write_tables(output, results["rows"])
+        names = ("label_efficiency.png", "embeddings_teacher.png", "embeddings_student.png")
+        pictures = []
+        if config.get("pictures", True):
+            plot_label_efficiency(results["rows"], output / "label_efficiency.png")
+            pictures = [output / name for name in names if (output / name).exists()]
+        print(format_table(results["rows"]), flush=True)
+        log_results(logger, output, recipe, config, results["rows"], pictures)
+    _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
 
 
 def choose_lr(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -525,14 +533,7 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
             results["lr_choices"] = lr_choices
             _say("  learning rates chosen on the validation split: " + ", ".join(
                 f"{c['method']} {c['labels_per_class']}: {c['lr']:g}" for c in lr_choices))
-        if is_rank_zero():
-            write_json(output / "results.json", results)
-            write_tables(output, results["rows"])
-            if config.get("pictures", True):
-                plot_label_efficiency(results["rows"], output / "label_efficiency.png")
-            print(format_table(results["rows"]), flush=True)
-            log_results(logger, output, "unfused", config, results["rows"], pictures(config, output))
-        _say(f"results written to {output / 'results.json'} ({results['seconds']:.0f} s)")
+        publish_results(config, output, logger, "unfused", results)
         return results
 
 
