@@ -45,7 +45,7 @@ from fewlabel.plugins.recipes.stage import (
     check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
 )
 from fewlabel.plugins.recipes.validate import (
-    COSMETIC_TRAINER_KEYS, DEFAULT_TEACHER, RecipeError, check_config, constructor_parameters,
+    COSMETIC_TRAINER_KEYS, DEFAULT_TEACHER, RecipeError, check_config, accepted_keys,
 )
 
 
@@ -81,7 +81,7 @@ def build_teacher(config: dict[str, Any], dm: FewLabelDataModule) -> Method:
     cfg = config["teacher"]
     method = METHODS.get(cfg.get("method", DEFAULT_TEACHER))
     kwargs = dict(cfg.get("module") or {})
-    if "num_samples" in constructor_parameters(method)[0]:
+    if "num_samples" in accepted_keys(method):
         kwargs["num_samples"] = dm.num_unlabeled
     return method(cfg["encoder"], augment=_augment(cfg.get("augment")), **kwargs)
 

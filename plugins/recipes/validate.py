@@ -1,23 +1,25 @@
 """Check a recipe configuration against the constructors it feeds, before anything trains.
 
-Every section of a recipe's configuration (UnFuSeD, SimCLRv2) is checked against the signature of the
-class it is passed to (unknown keys name the closest valid one, wrong types name the expected type), and the
-top-level shape of the file is checked too. :func:`check_config` needs no data and runs in
-milliseconds; the recipe then builds every module and trainer once and pushes one batch of the
+Every section of a recipe's configuration (UnFuSeD, SimCLRv2) is checked by jsonargparse against the
+signature of the class it is passed to, as ``LightningCLI`` checks its own configs: unknown keys name the
+closest valid one, wrong types name the expected type, missing required arguments are named. The recipe's
+own keys (label budgets, seeds, fine-tune methods) and the top-level shape of the file are checked here.
+:func:`check_config` needs no data and runs in well under a second; the recipe then builds every module and trainer once and pushes one batch of the
 real data through each encoder (see ``unfused.preflight``), so a typo in the last stage fails in
 seconds, not after an hour of pretraining.
 """
 
 from __future__ import annotations
 
-import collections.abc
+import functools
 import inspect
-import types
-import typing
+import re
+from argparse import ArgumentError
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
+from jsonargparse import ArgumentParser
 
 from fewlabel.callbacks import PseudoLabeler
 from fewlabel.plugins.arguments import check_int, is_count
@@ -79,76 +81,50 @@ _SET_BY_RECIPE = {
 }
 
 
-def constructor_parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    """Named keyword parameters of a class or function, their type hints, and whether it takes any other key.
+def accepts_any_key(target: Callable[..., Any]) -> bool:
+    """Whether ``target`` hands ``**kwargs`` beyond fewlabel (a timm model, ``nn.Module``), so any key may be valid.
 
-    A fewlabel class whose ``__init__`` passes ``**kwargs`` on to its base is followed into that base;
-    ``**kwargs`` that reach anything else (a timm model, ``nn.Module``) accept any key.
-
-    Returns:
-        ``(parameters, hints, open)``; hints that cannot be resolved are left out (not checked).
+    A fewlabel class whose ``__init__`` passes ``**kwargs`` on to its base is followed into that base, as
+    jsonargparse does.
     """
     functions = [klass.__dict__["__init__"] for klass in target.__mro__ if "__init__" in klass.__dict__] \
         if inspect.isclass(target) else [target]
-    params: dict[str, inspect.Parameter] = {}
-    hints: dict[str, Any] = {}
-    for function in functions:
-        if not function.__module__.startswith("fewlabel.") and params:
-            return params, hints, True  # **kwargs handed beyond fewlabel
-        signature = inspect.signature(function)
-        try:
-            resolved = typing.get_type_hints(function)
-        except Exception:  # noqa: BLE001 - an unresolvable annotation only means no type check
-            resolved = {}
-        for name, param in signature.parameters.items():
-            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name in params:
-                continue
-            params[name] = param
-            if name in resolved:
-                hints[name] = resolved[name]
-        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-            return params, hints, False
-    return params, hints, True
-
-
-def matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a type hint (ints count as floats; hints beyond YAML's types pass)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(matches(value, arg) for arg in args)
-    if origin is typing.Literal:
-        return any(value == arg and type(value) is type(arg) for arg in args)
-    if hint is type(None) or hint is None:
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    sequence = (list, tuple, collections.abc.Sequence)
-    if origin in sequence or hint in sequence:
-        if not isinstance(value, (list, tuple)):
+    for depth, function in enumerate(functions):
+        if depth and not function.__module__.startswith("fewlabel."):
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(function).parameters.values()):
             return False
-        items = [arg for arg in args if arg is not Ellipsis]
-        if origin is tuple and len(items) > 1:
-            return len(value) == len(items) and all(matches(v, a) for v, a in zip(value, items))
-        return not items or all(matches(v, items[0]) for v in value)
-    if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
-        return isinstance(value, dict)
-    if isinstance(hint, type) and hint.__module__ == "builtins":
-        return isinstance(value, hint)
-    return True  # modules, paths, callables...: not expressible in YAML, left to the constructor
+    return True
 
 
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
+@functools.lru_cache(maxsize=None)
+def argument_parser(target: Callable[..., Any], skip: frozenset[str] = frozenset()) -> ArgumentParser:
+    """jsonargparse's parser of ``target``'s keyword arguments (a class or a function), less ``skip``."""
+    parser = ArgumentParser(exit_on_error=False)
+    add = parser.add_class_arguments if inspect.isclass(target) else parser.add_function_arguments
+    add(target, skip=set(skip), fail_untyped=False)
+    return parser
+
+
+def accepted_keys(target: Callable[..., Any], skip: Iterable[str] = ()) -> list[str]:
+    """The argument names jsonargparse reads from ``target``'s signature (``**kwargs`` followed into fewlabel bases)."""
+    return list(argument_parser(target, frozenset(skip)).get_defaults().keys())
+
+
+def _expected(message: str) -> str:
+    """The type jsonargparse expected, from its error message, in the words a YAML user reads."""
+    found = re.search(r"Subtypes: \[(.*)\]\n", message) or re.search(r"Expected a (.*?)(?:\. Got value|\n|$)", message)
+    if found is None:
+        return message.replace("\n", " ")
+    text = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", found.group(1))
+    text = text.replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):  # the top-level commas separate a union's members
+        depth += char in "[(" and 1 or char in "])" and -1 or 0
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return " | ".join([*parts, text[start:].strip()])
 
 
 def check_mapping(where: str, value: Any) -> dict[str, Any]:
@@ -169,19 +145,43 @@ def check_keys(where: str, mapping: Mapping[str, Any], valid: Iterable[str]) -> 
             raise RecipeError(f"unknown key {where}.{key}{closest(str(key), valid)}{listing}")
 
 
-def check_arguments(where: str, mapping: Any, target: Callable[..., Any], *, skip: Iterable[str] = ()) -> None:
-    """Check ``mapping``'s keys and value types against ``target``'s keyword parameters."""
+def check_arguments(where: str, mapping: Any, target: Callable[..., Any], *,
+                    skip: Iterable[str] = ()) -> dict[str, Any]:
+    """Check ``mapping``'s keys and values against ``target``'s signature with jsonargparse (as LightningCLI does).
+
+    Unknown keys name the closest valid one; a value of the wrong type names the type expected. A string that
+    jsonargparse reads as the expected number or bool (``"1e-3"``, which YAML leaves a string) is replaced in
+    ``mapping`` by that value, so the constructor receives what was checked.
+
+    Returns:
+        ``mapping`` (``{}`` for ``None``).
+    """
     mapping = check_mapping(where, mapping)
-    params, hints, open_ = constructor_parameters(target)
-    skip = set(skip)
+    skip = frozenset(skip)
     for key in mapping:
         if key in skip:
             raise RecipeError(f"{where}.{key} is set by the recipe itself; remove it from the config")
-    if not open_:
-        check_keys(where, mapping, [name for name in params if name not in skip])
-    for key, value in mapping.items():
-        if key in hints and not matches(value, hints[key]):
-            raise RecipeError(f"{where}.{key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+    valid = accepted_keys(target, skip)
+    if not accepts_any_key(target):
+        check_keys(where, mapping, valid)
+    known = {key: value for key, value in mapping.items() if key in valid}
+    try:
+        parsed = argument_parser(target, skip).parse_object(known, defaults=False)
+    except ArgumentError as err:
+        message = str(err)
+        missing = re.search(r"the following arguments are required: (.*)", message)
+        if missing:
+            raise RecipeError(f"{where} needs {missing.group(1)}") from None
+        key = re.search(r'Parser key "([^"]+)"', message)
+        if key is None or key.group(1) not in known:
+            raise RecipeError(f"{where}: {message}") from None
+        value = known[key.group(1)]
+        raise RecipeError(f"{where}.{key.group(1)} must be {_expected(message)}, got {type(value).__name__} "
+                          f"{value!r}") from None
+    for key, value in known.items():
+        if isinstance(value, str) and isinstance(parsed[key], (bool, int, float)):
+            mapping[key] = parsed[key]
+    return mapping
 
 
 def check_component(where: str, spec: Any, constructor_of: Callable[[str], Callable[..., Any]], *,
@@ -197,7 +197,8 @@ def check_component(where: str, spec: Any, constructor_of: Callable[[str], Calla
         constructor = constructor_of(name)
     except ValueError as err:
         raise RecipeError(f"{where}.name: {err}") from None
-    check_arguments(where, {k: v for k, v in spec.items() if k != "name"}, constructor)
+    model_name = ("model_name",) if name.startswith("timm:") else ()  # given by the name
+    spec.update(check_arguments(where, {k: v for k, v in spec.items() if k != "name"}, constructor, skip=model_name))
 
 
 def check_trainer(where: str, section: Any) -> None:
@@ -254,14 +255,14 @@ def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused
         datamodule = datamodules.get(name)
     except ValueError as err:
         raise RecipeError(f"data.name: {err}") from None
-    params, _, _ = constructor_parameters(datamodule)
+    params = accepted_keys(datamodule)
     if "root" not in params and data.get("root") is not None:
         raise RecipeError(f"data.root is not used by data.name={name!r} (the data are embedded); for your own "
                           f"files set --data.name image_folder or audio_folder with --data.root PATH")
     if "root" in params and not data.get("root"):
         raise RecipeError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
-    check_arguments("data", {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)},
-                    datamodule, skip=("labels_per_class", "train_split"))
+    data.update(check_arguments("data", {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)},
+                                datamodule, skip=("labels_per_class", "train_split")))
 
     check_trainer("trainer", config.get("trainer"))
     teacher = check_mapping("teacher", config.get("teacher"))

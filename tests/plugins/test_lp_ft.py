@@ -147,9 +147,12 @@ def test_default_is_plain_fine_tuning() -> None:
 def test_the_recipe_config_can_select_lp_ft_and_ssf() -> None:
     from fewlabel.plugins.recipes.validate import RecipeError, check_arguments
 
-    check_arguments("finetune.module", {"lp_steps": 0.5, "peft": "ssf", "encoder_lr_scale": 0.1}, Classifier)
-    check_arguments("finetune.module", {"lp_steps": 20}, Classifier)
+    given = ("encoder", "num_classes")  # the recipe's own
+    check_arguments("finetune.module", {"lp_steps": 0.5, "peft": "ssf", "encoder_lr_scale": 0.1}, Classifier, skip=given)
+    check_arguments("finetune.module", {"lp_steps": 20}, Classifier, skip=given)
     with pytest.raises(RecipeError, match="did you mean 'lp_steps'"):
-        check_arguments("finetune.module", {"lp_step": 20}, Classifier)
+        check_arguments("finetune.module", {"lp_step": 20}, Classifier, skip=given)
     with pytest.raises(RecipeError, match="lp_steps must be"):
-        check_arguments("finetune.module", {"lp_steps": "half"}, Classifier)
+        check_arguments("finetune.module", {"lp_steps": "half"}, Classifier, skip=given)
+    with pytest.raises(RecipeError, match="finetune.module needs encoder, num_classes"):
+        check_arguments("finetune.module", {}, Classifier)

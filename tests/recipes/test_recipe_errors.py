@@ -52,10 +52,32 @@ def image_folder(root: Path, per_class: dict[str, int], mode: str = "RGB") -> Pa
     ("trainer.logger=false", r"trainer\.logger is set by the recipe \(choose it with --logger\)"),
     ("finetune.methods.unfused.encoder_from=teachr", r"encoder_from must be one of \['teacher', 'student', 'scratch'\]"),
     ("teacher.encoder.name=small_cn", r"unknown encoder 'small_cn' \(did you mean 'small_cnn'\?\)"),
+    ("trainer.precision=half", r"trainer\.precision must be .*'bf16-mixed'.*, got str 'half'"),
+    ("trainer.max_epochs=3.5", r"trainer\.max_epochs must be int \| None, got float 3\.5"),
+    ("pseudo_labels.pca_dim_candidates=8", r"pseudo_labels\.pca_dim_candidates must be Sequence, got int 8"),
+    ("teacher.ema.base_momentum=high", r"teacher\.ema\.base_momentum must be float, got str 'high'"),
+    ("student.encoder.width=wide", r"student\.encoder\.width must be int, got str 'wide'"),
+    ("teacher.augment.hflip=0.5", None),
+    ("teacher.augment={name: image, hflip: sometimes}", r"teacher\.augment\.hflip must be float, got str 'sometimes'"),
 ])
-def test_config_errors_name_the_key(override: str, message: str) -> None:
+def test_config_errors_name_the_key(override: str, message: str | None) -> None:
+    if message is None:  # a valid change, for contrast
+        check_config(tiny(override), DATAMODULES)
+        return
     with pytest.raises(RecipeError, match=message):
         check_config(tiny(override), DATAMODULES)
+
+
+def test_values_are_checked_by_jsonargparse_and_read_as_it_reads_them() -> None:
+    """YAML leaves ``1e-3`` a string; jsonargparse reads it as the float the signature asks for, and the
+    constructor then receives that float. A timm encoder's own keyword arguments pass through unchecked."""
+    config = tiny("teacher.module.lr=1e-3", "finetune.trainer.max_epochs='2'", "data.val_fraction=1e-1")
+    check_config(config, DATAMODULES)
+    assert config["teacher"]["module"]["lr"] == 0.001 and config["finetune"]["trainer"]["max_epochs"] == 2
+    assert config["data"]["val_fraction"] == 0.1
+    check_config(tiny("teacher.encoder={name: 'timm:resnet18', drop_rate: 0.1, in_chans: 1}"), DATAMODULES)
+    with pytest.raises(RecipeError, match=r"teacher\.encoder\.in_chans must be int \| None, got str 'one'"):
+        check_config(tiny("teacher.encoder={name: 'timm:resnet18', in_chans: one}"), DATAMODULES)
 
 
 def test_shipped_configs_pass_the_check() -> None:
