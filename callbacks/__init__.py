@@ -12,7 +12,7 @@ from fewlabel.callbacks.eval import (
     SeparabilityMonitor,
 )
 from fewlabel.callbacks.finite_loss import FiniteLossGuard
-from fewlabel.callbacks.progress import StageProgressBar
+from fewlabel.callbacks.progress import StageProgressBar, task_bar
 from fewlabel.callbacks.pseudo_labeler import PseudoLabeler
 from fewlabel.callbacks.rng_state import RNGStateKeeper
 from fewlabel.callbacks.tta import TestTimeAdaptation
@@ -29,5 +29,6 @@ __all__ = [
     "RNGStateKeeper",
     "SeparabilityMonitor",
     "StageProgressBar",
+    "task_bar",
     "TestTimeAdaptation",
 ]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from typing import IO, Any
 
 import lightning as L
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from tqdm import tqdm
 
-__all__ = ["StageProgressBar"]
+__all__ = ["StageProgressBar", "task_bar"]
 
 
 class StageProgressBar(ProgressBar):
@@ -53,15 +55,20 @@ class StageProgressBar(ProgressBar):
     def is_enabled(self) -> bool:
         return self._enabled
 
+    def new_bar(self, description: str, total: int | None, unit: str, initial: int = 0) -> tqdm:
+        """A tqdm bar drawn as this callback draws its own (a disabled one when this callback is disabled)."""
+        out = self.file if self.file is not None else sys.stderr
+        terminal = hasattr(out, "isatty") and out.isatty()
+        return tqdm(total=total, desc=description, file=out, initial=initial, unit=unit, dynamic_ncols=terminal,
+                    leave=True, mininterval=0.1 if terminal else self.file_interval_s, ascii=not terminal,
+                    disable=not self._enabled)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._enabled:
             return
-        out = self.file if self.file is not None else sys.stderr
         total = trainer.estimated_stepping_batches
-        terminal = hasattr(out, "isatty") and out.isatty()
-        self.bar = tqdm(total=int(total) if math.isfinite(total) else None, desc=self.description, file=out,
-                        initial=trainer.global_step, unit="step", dynamic_ncols=terminal, leave=True,
-                        mininterval=0.1 if terminal else self.file_interval_s, ascii=not terminal)
+        self.bar = self.new_bar(self.description, int(total) if math.isfinite(total) else None, "step",
+                                initial=trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -92,3 +99,26 @@ class StageProgressBar(ProgressBar):
             self.bar.write(" ".join(str(arg) for arg in args))
         else:
             print(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def task_bar(trainer: L.Trainer, description: str, total: int | None, unit: str = "batch") -> Iterator[tqdm]:
+    """A bar for work a callback does outside the training steps (a clustering pass), when the trainer draws
+    a :class:`StageProgressBar`; otherwise (Lightning's own bar, none, a non-zero rank) a bar that draws
+    nothing. Closed on leaving the block, also on error.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(enable_progress_bar=False, logger=False)
+        >>> with task_bar(trainer, "pseudo-labels", total=3) as bar:
+        ...     bar.update(3)
+        >>> bar.disable  # this trainer draws no StageProgressBar
+        True
+    """
+    drawer = trainer.progress_bar_callback
+    bar = drawer.new_bar(description, total, unit) if isinstance(drawer, StageProgressBar) \
+        else tqdm(total=total, disable=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from fewlabel.callbacks.progress import task_bar
 from fewlabel.plugins.arguments import check_int, is_count
 from fewlabel.plugins.clustering import (
     KMEANS_MAX_TRAIN_ROWS,
@@ -34,6 +35,14 @@ _FALLBACKS: dict[str, tuple[str, dict[str, Any]]] = {
     "dataloader": ("unlabeled_dataloader", {"train": False}),
     "val_dataloader": ("val_dataloader", {}),
 }
+
+
+def _length(loader: Any) -> int | None:
+    """A loader's number of batches, or ``None`` when it has no ``len()``."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 class PseudoLabeler(L.Callback):
@@ -207,22 +216,30 @@ class PseudoLabeler(L.Callback):
         encoder = self.teacher if self.teacher is not None else pl_module.encoder
         if self.teacher is not None:
             self.teacher.to(pl_module.device)
-        emb = gather_embeddings(
-            encoder, loader, device=pl_module.device, label_key=self.label_key, strategy=trainer.strategy
-        )
-        if k > len(emb):  # checked on every rank so none waits on a failed rank 0
-            raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
-        val = None
+        val_loader = None
         if self.pca_dim == "auto":
             val_loader = shard_dataloader(self._loader("val_dataloader", trainer),
                                           trainer.world_size, trainer.global_rank)
-            val = gather_embeddings(encoder, val_loader, device=pl_module.device, label_key="label",
-                                    strategy=trainer.strategy)
-        dataset = getattr(loader, "dataset", None)
-        size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
-        table, metrics, chosen = on_rank_zero_then_broadcast(
-            trainer.strategy, lambda: self._cluster(emb, k, size, val), what="PseudoLabeler: clustering"
-        )
+        batches = [_length(loader), 0 if val_loader is None else _length(val_loader)]
+        total = None if None in batches else sum(batches) + 1  # + 1: the clustering
+        with task_bar(trainer, "pseudo-labels", total) as bar:
+            bar.set_postfix_str("teacher embeddings", refresh=False)
+            emb = gather_embeddings(encoder, loader, device=pl_module.device, label_key=self.label_key,
+                                    strategy=trainer.strategy, progress=bar.update)
+            if k > len(emb):  # checked on every rank so none waits on a failed rank 0
+                raise ValueError(f"PseudoLabeler: cannot make num_clusters={k} clusters from only {len(emb)} samples")
+            val = None
+            if val_loader is not None:
+                val = gather_embeddings(encoder, val_loader, device=pl_module.device, label_key="label",
+                                        strategy=trainer.strategy, progress=bar.update)
+            dataset = getattr(loader, "dataset", None)
+            size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
+            bar.set_postfix_str(f"k-means (k={k})")
+            table, metrics, chosen = on_rank_zero_then_broadcast(
+                trainer.strategy, lambda: self._cluster(emb, k, size, val), what="PseudoLabeler: clustering"
+            )
+            bar.set_postfix_str("done", refresh=False)
+            bar.update(1)
         pl_module.set_pseudo_labels(torch.from_numpy(np.asarray(table, dtype=np.int64)))
         self.metrics, self.chosen = dict(metrics), dict(chosen)
         self.last_clustered_epoch = trainer.current_epoch

@@ -11,7 +11,7 @@ a memory-mapped temporary file); no list of batches is concatenated and no full-
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +162,7 @@ def gather_embeddings(
     buffer_dtype: str = "float32",
     max_ram_bytes: int | None = None,
     tmp_dir: str | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> Embeddings:
     """Run ``encoder`` over ``dataloader`` and return its embeddings in dataset order.
 
@@ -199,6 +200,7 @@ def gather_embeddings(
         max_ram_bytes: RAM budget of the buffer; larger buffers are memory-mapped temporary files.
             ``None`` = always in RAM.
         tmp_dir: directory of the memmap's temporary file (``None`` = the system default).
+        progress: called with 1 after each batch of this rank (e.g. a tqdm bar's ``update``).
 
     Returns:
         :class:`Embeddings` sorted by index.
@@ -222,7 +224,8 @@ def gather_embeddings(
     encoder.eval()
     buffer = _Buffer(dtype, max_ram_bytes, tmp_dir)
     try:
-        local = _gather_local(encoder, dataloader, torch.device(device), input_key, label_key, index_key, buffer)
+        local = _gather_local(encoder, dataloader, torch.device(device), input_key, label_key, index_key, buffer,
+                              progress)
     finally:
         for module, training in modes:
             module.training = training
@@ -261,6 +264,7 @@ def _gather_local(
     label_key: str,
     index_key: str,
     buffer: _Buffer,
+    progress: Callable[[int], Any] | None = None,
 ) -> Embeddings:
     dataset = getattr(dataloader, "dataset", None)
     size = getattr(dataset, "num_positions", None)  # a view of a larger dataset: the range of "index"
@@ -288,6 +292,8 @@ def _gather_local(
             raw = batch.get(label_key)
             labels[index] = -1 if raw is None else torch.as_tensor(raw).reshape(-1).cpu().numpy()
             seen[index] = True
+            if progress is not None:
+                progress(1)
     if emb is None:
         raise ValueError("the dataloader yielded no batches; cannot gather embeddings from an empty dataset")
     indices = np.flatnonzero(seen).astype(np.int64)

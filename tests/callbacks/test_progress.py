@@ -63,6 +63,8 @@ def test_the_recipe_console_is_quiet_unless_verbose(tmp_path, capfd: pytest.Capt
     assert "[fewlabel] stage 1/4 teacher" in out and "results written" in out
     # one bar per stage: 1,131 pool samples / batch 64 (last partial batch dropped) = 17 steps x 2 epochs
     assert re.search(r"teacher: .*34/34", err) and re.search(r"student: .*34/34", err)
+    # stage 2 too: the pool's 5 eval batches (batch 256), the validation split's 1, then the clustering
+    assert re.search(r"pseudo-labels: 100%.*7/7.*done", err)
     for noise in ("GPU available", "Tip:", "Epoch 0", "LeafSpec"):
         assert noise not in out + err, noise
     assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING

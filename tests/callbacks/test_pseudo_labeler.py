@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import fewlabel.callbacks
 import fewlabel.callbacks.pseudo_labeler as pseudo_labeler_module
-from fewlabel.callbacks import PseudoLabeler
+from fewlabel.callbacks import PseudoLabeler, StageProgressBar
 from fewlabel.plugins.clustering import KMEANS_MAX_TRAIN_ROWS
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.methods.pseudo_labels import PseudoLabelMixin
@@ -118,6 +121,23 @@ def test_labels_filled_and_metrics_logged() -> None:
     assert cb.metrics["pseudo_labels/cluster_size_min"] == PER == cb.metrics["pseudo_labels/cluster_size_max"]
     assert cb.metrics["pseudo_labels/empty_clusters"] == 0
     assert [metrics for _, metrics in logger.logged] == [cb.metrics]
+
+
+def test_a_stage_progress_bar_shows_the_extraction_and_the_clustering() -> None:
+    """Under a StageProgressBar the labelling pass draws its own bar: every batch of the pool, then k-means."""
+    out = io.StringIO()
+    model, dm = BoringPseudoModule(), BlobDataModule()  # 100 samples / batch 32 = 4 batches, + 1 clustering step
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False,
+                        callbacks=[PseudoLabeler(), StageProgressBar("student", file=out, file_interval_s=0)])
+    trainer.fit(model, datamodule=dm)
+    text = out.getvalue()
+    assert re.search(r"pseudo-labels: 100%.*\| 5/5 .*done", text) and "k-means (k=5)" in text
+    assert text.index("pseudo-labels:") < text.index("student:")  # labelled before the student's first step
+    quiet = io.StringIO()  # without a StageProgressBar nothing is drawn
+    with contextlib.redirect_stderr(quiet):
+        make_trainer(1, [PseudoLabeler()]).fit(BoringPseudoModule(), datamodule=dm)
+    assert "pseudo-labels" not in quiet.getvalue()
 
 
 def test_keep_fraction_drops_the_least_confident_samples_of_each_cluster() -> None:
