@@ -45,6 +45,19 @@ def _length(loader: Any) -> int | None:
         return None
 
 
+def _table_size(emb: Embeddings, *loaders: Any) -> int:
+    """Length of the pseudo-label table: it covers every position the labelled rows or the loaders' datasets
+    reach (a labelling loader may show part of the training set, or a view whose indices reach further)."""
+    size = int(emb.indices.max()) + 1
+    for loader in loaders:
+        dataset = getattr(loader, "dataset", None)
+        reach = getattr(dataset, "num_positions", None)
+        if reach is None and hasattr(dataset, "__len__"):
+            reach = len(dataset)
+        size = max(size, int(reach or 0))
+    return size
+
+
 class PseudoLabeler(L.Callback):
     """k-means pseudo-labels for the unlabeled pool, written into ``pl_module.pseudo_labels``.
 
@@ -232,8 +245,7 @@ class PseudoLabeler(L.Callback):
             if val_loader is not None:
                 val = gather_embeddings(encoder, val_loader, device=pl_module.device, label_key="label",
                                         strategy=trainer.strategy, progress=bar.update)
-            dataset = getattr(loader, "dataset", None)
-            size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else int(emb.indices.max()) + 1
+            size = _table_size(emb, loader, trainer.train_dataloader)
             bar.set_postfix_str(f"k-means (k={k})")
             table, metrics, chosen = on_rank_zero_then_broadcast(
                 trainer.strategy, lambda: self._cluster(emb, k, size, val), what="PseudoLabeler: clustering"
