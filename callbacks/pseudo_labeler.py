@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -24,6 +24,7 @@ from fewlabel.plugins.clustering import (
     select_pca_dim,
 )
 from fewlabel.plugins.distributed import on_rank_zero_then_broadcast, shard_dataloader
+from fewlabel.plugins.encoders import build_encoder
 from fewlabel.plugins.evaluation import clustering_metrics
 from fewlabel.plugins.gather import Embeddings, gather_embeddings
 
@@ -84,6 +85,9 @@ class PseudoLabeler(L.Callback):
         teacher: an encoder ``(batch input) -> (B, D)``, moved to the module's device. It runs in eval
             mode without gradients while it embeds the pool; its ``requires_grad`` and train/eval
             flags are left as they were (the callback does not own it). ``None`` uses ``pl_module.encoder``.
+            An encoder spec with a ``checkpoint`` builds the trained teacher from a config
+            (``{name: small_cnn, width: 32, checkpoint: runs/unfused/teacher/final.ckpt}``; see
+            :func:`~fewlabel.plugins.encoders.build_encoder`).
         dataloader: a DataLoader, or a zero-argument callable returning one; ``None`` uses
             ``trainer.datamodule.unlabeled_dataloader(train=False)``.
         pca_dim: PCA dimension (``None`` = no PCA), or ``"auto"``: chosen at every clustering among
@@ -119,7 +123,7 @@ class PseudoLabeler(L.Callback):
         self,
         *,
         num_clusters: int | None = None,
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | Mapping[str, Any] | None = None,
         dataloader: _Loader | Callable[[], _Loader] | None = None,
         pca_dim: int | str | None = 128,
         pca_dim_candidates: Sequence[int] = PCA_DIM_CANDIDATES,
@@ -150,10 +154,11 @@ class PseudoLabeler(L.Callback):
         check_keep_fraction(keep_fraction, owner)
         if not isinstance(whiten, bool):
             raise ValueError(f"whiten must be True or False, got {whiten!r}")
+        if isinstance(teacher, Mapping) and "name" in teacher:
+            teacher = build_encoder(teacher)
         if teacher is not None and not isinstance(teacher, nn.Module):
-            raise ValueError(
-                f"teacher must be an nn.Module encoder or None (use pl_module.encoder), got {type(teacher).__name__}"
-            )
+            raise ValueError(f"teacher must be an nn.Module encoder, an encoder spec or None (use pl_module.encoder), "
+                             f"got {type(teacher).__name__}")
         for name, given, default in (("dataloader", dataloader, "unlabeled_dataloader(train=False)"),
                                      ("val_dataloader", val_dataloader, "val_dataloader()")):
             if given is not None and not (callable(given) or hasattr(given, "__iter__")):

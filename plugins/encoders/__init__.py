@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fewlabel.plugins.encoders.audio_ntt import AudioNTT
-from fewlabel.plugins.encoders.base import Encoder
+from fewlabel.plugins.encoders.base import Encoder, build_encoder, encoder_weights
 from fewlabel.plugins.encoders.frontend import LogMelFrontend, RunningNorm
 from fewlabel.plugins.encoders.registry import ENCODERS, create_encoder, list_encoders, register_encoder
 from fewlabel.plugins.encoders.small_cnn import SmallCNN
@@ -20,7 +20,9 @@ __all__ = [
     "SmallCNN",
     "TimmEncoder",
     "add_ssf",
+    "build_encoder",
     "create_encoder",
+    "encoder_weights",
     "has_ssf",
     "list_encoders",
     "merge_ssf",

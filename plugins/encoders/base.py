@@ -15,6 +15,7 @@ device, batch-wise:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,17 +81,64 @@ def check_input(x: Tensor, ndim: tuple[int, ...], name: str) -> None:
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
 
 
+def encoder_weights(checkpoint: str | Path) -> dict[str, Tensor]:
+    """The ``encoder.*`` weights (prefix removed) of a fewlabel module's checkpoint.
+
+    Args:
+        checkpoint: a Lightning checkpoint (``{"state_dict": ...}``, e.g. a recipe stage's ``final.ckpt``) or a
+            file holding a module's ``state_dict`` itself.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be read, holds no state_dict, or no ``encoder.*`` weights.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise ValueError(f"checkpoint {path} could not be read: {err}") from err
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} holds no state_dict")
+    weights = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
+    if not weights:
+        raise ValueError(f"checkpoint {path} holds no encoder weights (no 'encoder.*' keys in its state_dict); pass "
+                         f"a checkpoint of a fewlabel module, e.g. RUN/teacher/final.ckpt")
+    return weights
+
+
 def build_encoder(encoder: nn.Module | Mapping[str, Any]) -> nn.Module:
     """Return ``encoder`` itself, or build it from a spec ``{"name": ..., **kwargs}`` via the registry.
 
+    A spec may also name a ``checkpoint`` of a fewlabel module: the encoder is built from the spec, then takes
+    that checkpoint's ``encoder.*`` weights (exactly: same keys and shapes), e.g. a recipe's trained teacher
+    ``{name: small_cnn, width: 32, checkpoint: runs/unfused/teacher/final.ckpt}``.
+
     Raises:
         TypeError: ``encoder`` is neither a module nor a spec with a ``name``.
+        ValueError: the checkpoint's encoder weights do not fit the spec (naming the spec and the first problem).
+
+    Example:
+        >>> build_encoder({"name": "small_cnn", "width": 4}).embed_dim
+        16
     """
     if isinstance(encoder, nn.Module):
         return encoder
     if isinstance(encoder, Mapping) and "name" in encoder:
         spec = dict(encoder)
-        return create_encoder(spec.pop("name"), **spec)
+        checkpoint = spec.pop("checkpoint", None)
+        built = create_encoder(spec.pop("name"), **spec)
+        if checkpoint is not None:
+            try:
+                built.load_state_dict(encoder_weights(checkpoint))
+            except RuntimeError as err:  # torch's first line only says where; the next one says what
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                spec = {k: v for k, v in encoder.items() if k != "checkpoint"}
+                raise ValueError(f"the encoder weights of {checkpoint} do not fit the encoder {spec}: "
+                                 f"{lines[min(1, len(lines) - 1)]}") from None
+        return built
     raise TypeError(f"encoder must be an nn.Module or a spec dict with a 'name' key, got {type(encoder).__name__}")
 
 

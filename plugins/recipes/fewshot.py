@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fewlabel.datamodules import FewLabelDataModule
-from fewlabel.plugins.encoders.base import build_encoder
+from fewlabel.plugins.encoders.base import build_encoder, encoder_weights
 from fewlabel.plugins.evaluation.few_shot import check_episode_args, evaluate_episodes
 from fewlabel.plugins.gather import gather_embeddings
 from fewlabel.plugins.heads.registry import list_few_shot_heads
@@ -42,21 +42,12 @@ def run_config_path(checkpoint: str | Path) -> Path | None:
 
 
 def _encoder_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    check_checkpoint(checkpoint)
+    if checkpoint.is_file():
+        check_checkpoint(checkpoint)
     try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise RecipeError(f"checkpoint {checkpoint} could not be read: {err}") from err
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise RecipeError(f"checkpoint {checkpoint} holds no state_dict")
-    encoder = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
-    if not encoder:
-        raise RecipeError(f"checkpoint {checkpoint} holds no encoder weights (no 'encoder.*' keys in its "
-                          f"state_dict); pass a checkpoint of a fewlabel module, e.g. RUN/student/final.ckpt")
-    return encoder
+        return encoder_weights(checkpoint)
+    except ValueError as err:
+        raise RecipeError(str(err)) from err
 
 
 def load_encoder(checkpoint: str | Path, config: dict[str, Any], section: str = "auto") -> tuple[nn.Module, str]:

@@ -275,6 +275,9 @@ def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused
         section = check_mapping(stage, config.get(stage))
         check_keys(stage, section, sections)
         if "encoder" in sections:
+            if isinstance(section.get("encoder"), dict) and "checkpoint" in section["encoder"]:
+                raise RecipeError(f"{stage}.encoder.checkpoint: the recipe trains its encoders itself; a checkpoint "
+                                  f"in an encoder spec is for fewlabel fit / validate / test configs")
             check_component(f"{stage}.encoder", section.get("encoder"), encoder_constructor)
         if "augment" in sections:
             check_component(f"{stage}.augment", section.get("augment"), AUGMENTS.get, optional=True)

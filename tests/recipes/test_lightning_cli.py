@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 
+from fewlabel.plugins.encoders import build_encoder
 from fewlabel.plugins.recipes import lightning_cli
 from fewlabel.plugins.recipes.cli import main
 
@@ -17,9 +19,20 @@ METHODS = sorted((CONFIGS / "methods").glob("*.yaml"))
 AUDIO = {"byola.yaml", "audio_folder.yaml", "speech_commands.yaml", "esc50.yaml"}
 
 
+def teacher_checkpoint(folder: Path, width: int = 32) -> Path:
+    """Where self_distillation.yaml looks for the main job's teacher: a checkpoint of a small_cnn encoder."""
+    path = folder / "runs" / "unfused" / "teacher" / "final.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    encoder = build_encoder({"name": "small_cnn", "width": width})
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}}, path)
+    return path
+
+
 def test_the_configs_are_all_here() -> None:
     assert {p.stem for p in METHODS} >= {"simclr", "byol", "dino", "barlow_twins", "vicreg", "rotnet", "deepcluster_v2",
-                                         "byola", "finetune"}
+                                         "byola", "finetune", "self_distillation"}
+    assert {p.stem for p in (CONFIGS / "callbacks").glob("*.yaml")} == {"evaluation", "evaluation_ema", "tta"}
     assert {p.stem for p in (CONFIGS / "data").glob("*.yaml")} == {
         "digits", "image_folder", "audio_folder", "cifar10", "stl10", "speech_commands", "esc50"}
 
@@ -27,6 +40,7 @@ def test_the_configs_are_all_here() -> None:
 @pytest.mark.parametrize("config", METHODS, ids=lambda p: p.stem)
 def test_every_method_config_instantiates(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    teacher_checkpoint(tmp_path)
     cli = lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
     expected = yaml.safe_load(config.read_text())
     assert type(cli.model).__qualname__ == expected["model"]["class_path"].rsplit(".", 1)[1]
@@ -57,6 +71,41 @@ def test_fit_for_real_with_the_evaluation_callbacks(tmp_path: Path, monkeypatch:
     with pytest.raises(SystemExit):  # a typo in a key is refused before anything runs
         main(["fit", "--config", str(CONFIGS / "methods" / "simclr.yaml"), "--model.init_args.temprature", "0.1"])
     assert "temprature" in capsys.readouterr().err
+
+
+def test_self_distillation_config_distils_the_main_jobs_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The student stage on its own: the teacher comes from its checkpoint (weights loaded, not the student's
+    own encoder), its pseudo-labels are logged, and the student trains."""
+    from fewlabel.callbacks import PseudoLabeler
+
+    monkeypatch.chdir(tmp_path)
+    path = teacher_checkpoint(tmp_path)
+    config = CONFIGS / "methods" / "self_distillation.yaml"
+    cli = lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
+    labeler = next(c for c in cli.trainer.callbacks if isinstance(c, PseudoLabeler))
+    saved = torch.load(path)["state_dict"]
+    assert all(torch.equal(v, saved[f"encoder.{k}"]) for k, v in labeler.teacher.state_dict().items())
+    assert main(["fit", "--config", str(config), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                 "--trainer.log_every_n_steps", "1",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "pseudo_labels/nmi" in metrics and "train/loss" in metrics
+    teacher_checkpoint(tmp_path, width=8)  # a teacher that does not fit the spec is named
+    with pytest.raises(ValueError, match=r"do not fit the encoder \{'name': 'small_cnn', 'width': 32\}: size mismatch"):
+        lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
+
+
+def test_tta_config_adapts_while_testing_a_fine_tuned_classifier(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    finetune = ["--config", str(CONFIGS / "methods" / "finetune.yaml"), "--model.init_args.encoder",
+                "{name: small_cnn, width: 4}", "--trainer.default_root_dir", str(tmp_path)]
+    assert main(["fit", *finetune, "--trainer.max_epochs", "2"]) == 0
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    assert main(["test", *finetune, "--config", str(CONFIGS / "callbacks" / "tta.yaml"),
+                 "--ckpt_path", str(checkpoint)]) == 0
+    tested = sorted(tmp_path.rglob("metrics.csv"))[-1].read_text()
+    assert "tta/entropy" in tested and "test/acc" in tested
 
 
 def test_the_ema_evaluation_config_keeps_the_teacher_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,7 @@ def image_folder(root: Path, per_class: dict[str, int], mode: str = "RGB") -> Pa
     ("teacher.ema.base_momentum=high", r"teacher\.ema\.base_momentum must be float, got str 'high'"),
     ("student.encoder.width=wide", r"student\.encoder\.width must be int, got str 'wide'"),
     ("teacher.augment.hflip=0.5", None),
+    ("student.encoder.checkpoint=t.ckpt", r"student\.encoder\.checkpoint: the recipe trains its encoders itself"),
     ("teacher.augment={name: image, hflip: sometimes}", r"teacher\.augment\.hflip must be float, got str 'sometimes'"),
 ])
 def test_config_errors_name_the_key(override: str, message: str | None) -> None:
