@@ -29,6 +29,6 @@ __all__ = [
     "RNGStateKeeper",
     "SeparabilityMonitor",
     "StageProgressBar",
-    "task_bar",
     "TestTimeAdaptation",
+    "task_bar",
 ]

@@ -6,7 +6,7 @@
   [--key VALUE ...]``: run a recipe end to end (UnFuSeD, :mod:`fewlabel.plugins.recipes.unfused`; SimCLRv2,
   :mod:`fewlabel.plugins.recipes.simclrv2`);
 - ``fewlabel fewshot --checkpoint CKPT [--config FILE] [--head protonet ...] [--ways 5] [--shots 1 5]
-  [--queries 15] [--episodes 1000] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
+  [--queries 15] [--episodes 1000] [--print_config] [--key VALUE ...]``: few-shot episode accuracy of a checkpoint's
   encoder on the configuration's data (see :mod:`fewlabel.plugins.recipes.fewshot`).
 
 fewlabel's own errors (a bad configuration, data that do not fit it, a busy or stale run folder) are
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import yaml
 
 from fewlabel.plugins.heads.registry import list_few_shot_heads
-from fewlabel.plugins.recipes.build import LOGGERS, set_verbose
+from fewlabel.plugins.recipes.build import DATAMODULES, LOGGERS, set_verbose
 from fewlabel.plugins.recipes.lightning_cli import LIGHTNING_SUBCOMMANDS, lightning_cli
 from fewlabel.plugins.recipes.config import load_config
 from fewlabel.plugins.recipes.fewshot import (
@@ -33,7 +33,7 @@ from fewlabel.plugins.recipes.fewshot import (
     run_config_path,
     run_fewshot,
 )
-from fewlabel.plugins.recipes.validate import RecipeError
+from fewlabel.plugins.recipes.validate import RecipeError, check_config
 
 RECIPES = ("unfused", "simclrv2")
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute", action="store_true",
                      help="delete and recompute stages that this --output folder holds with other settings")
     run.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
-    run.add_argument("--print_config", action="store_true", help="print the merged configuration and exit")
+    run.add_argument("--print_config", action="store_true", help="print the checked configuration and exit")
     run.add_argument("--verbose", action="store_true",
                      help="Lightning's own progress bars and messages (default: one bar per stage)")
     few = sub.add_parser("fewshot", help="few-shot episode accuracy of a checkpoint's encoder", allow_abbrev=False,
@@ -92,18 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SimpleShot's centring: the unlabeled pool's mean embedding or the support mean")
     few.add_argument("--device", default="cpu", help="torch device of the encoder and heads (default: cpu)")
     few.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")
+    few.add_argument("--print_config", action="store_true", help="print the checked configuration and exit")
     return parser
 
 
 def _fewshot(args: argparse.Namespace, extra: Sequence[str]) -> None:
     path = args.config if args.config is not None else run_config_path(args.checkpoint)
     config = load_config("unfused", path, _overrides(extra))
+    if args.print_config:
+        _print_config(config, "unfused")
+        return
     print(f"[fewlabel] config: {path if path is not None else 'packaged digits defaults'}", flush=True)
     result = run_fewshot(args.checkpoint, config, heads=args.head, n_way=args.ways, shots=args.shots,
                          n_query=args.queries, num_episodes=args.episodes, seed=args.seed, split=args.split,
                          encoder=args.encoder, center=args.center, device=args.device)
     print(format_fewshot_table(result), flush=True)
     print(f"[fewlabel] {result['seconds']:.1f} s", flush=True)
+
+
+def _print_config(config: dict, recipe: str) -> None:
+    """Check ``config`` as a run would (jsonargparse against the constructors), then print it as YAML."""
+    check_config(config, DATAMODULES, recipe)
+    print(yaml.safe_dump(config, sort_keys=False), end="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         config = load_config(args.recipe, args.config, _overrides(extra))
         if args.print_config:
-            print(yaml.safe_dump(config, sort_keys=False), end="")
+            _print_config(config, args.recipe)
             return 0
         set_verbose(args.verbose)
         if args.recipe == "simclrv2":

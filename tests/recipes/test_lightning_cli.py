@@ -120,9 +120,14 @@ def test_the_ema_evaluation_config_keeps_the_teacher_update(tmp_path: Path, monk
 
 
 def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "unfused", "--print_config", "--seed", "3"]) == 0
+    assert main(["run", "unfused", "--print_config", "--seed", "3", "--teacher.module.lr", "1e-3"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["seed"] == 3 and printed["teacher"]["encoder"]["name"] == "small_cnn"
+    assert printed["teacher"]["module"]["lr"] == 0.001  # checked, and printed as the run reads it
+    with pytest.raises(SystemExit, match=r"unknown key distill\.module\.lrr"):  # checked before printing
+        main(["run", "simclrv2", "--print_config", "--distill.module.lrr", "0.1"])
+    assert main(["fewshot", "--checkpoint", "unused.ckpt", "--print_config", "--data.batch_size", "32"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["batch_size"] == 32
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "methods" / "simclr.yaml"), "--print_config"])
     assert exit_info.value.code == 0
