@@ -4,9 +4,9 @@ Every section of a recipe's configuration (UnFuSeD, SimCLRv2) is checked by json
 signature of the class it is passed to, as ``LightningCLI`` checks its own configs: unknown keys name the
 closest valid one, wrong types name the expected type, missing required arguments are named. The recipe's
 own keys (label budgets, seeds, fine-tune methods) and the top-level shape of the file are checked here.
-:func:`check_config` needs no data and runs in well under a second; the recipe then builds every module and trainer once and pushes one batch of the
-real data through each encoder (see ``unfused.preflight``), so a typo in the last stage fails in
-seconds, not after an hour of pretraining.
+:func:`check_config` needs no data and runs in well under a second; the recipe then builds every module
+and trainer once and pushes one batch of the real data through each encoder (see ``unfused.preflight``),
+so a typo in the last stage fails in seconds, not after an hour of pretraining.
 """
 
 from __future__ import annotations
@@ -120,8 +120,11 @@ def _expected(message: str) -> str:
     text = text.replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):  # the top-level commas separate a union's members
-        depth += char in "[(" and 1 or char in "])" and -1 or 0
-        if char == "," and depth == 0:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        elif char == "," and depth == 0:
             parts.append(text[start:i].strip())
             start = i + 1
     return " | ".join([*parts, text[start:].strip()])
@@ -261,8 +264,8 @@ def check_config(config: Any, datamodules: Registry[Any], recipe: str = "unfused
                           f"files set --data.name image_folder or audio_folder with --data.root PATH")
     if "root" in params and not data.get("root"):
         raise RecipeError(f"data.name={name!r} needs data.root (e.g. --data.root PATH)")
-    data.update(check_arguments("data", {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)},
-                                datamodule, skip=("labels_per_class", "train_split")))
+    given = {k: v for k, v in data.items() if k != "name" and not (k == "root" and v is None)}
+    data.update(check_arguments("data", given, datamodule, skip=("labels_per_class", "train_split")))
 
     check_trainer("trainer", config.get("trainer"))
     teacher = check_mapping("teacher", config.get("teacher"))

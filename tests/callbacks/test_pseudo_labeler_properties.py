@@ -67,7 +67,8 @@ def test_any_pool_is_labelled_or_refused_clearly(pool: tuple[np.ndarray, np.ndar
                                                  whiten: bool, batch_size: int) -> None:
     rows, shown = pool
     n, dim = rows.shape
-    samples = [{"input": torch.from_numpy(rows[i]), "label": torch.tensor(-1), "index": torch.tensor(i)} for i in range(n)]
+    samples = [{"input": torch.from_numpy(rows[i]), "label": torch.tensor(-1), "index": torch.tensor(i)}
+               for i in range(n)]
     labelled = [samples[i] for i in shown]
     module = IdentityModule(dim)
     labeler = PseudoLabeler(num_clusters=k, pca_dim=pca_dim, whiten=whiten,
