@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import netrc
 import os
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,9 +80,26 @@ def wandb_group(output: Path) -> str:
     return f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:6]}"
 
 
+def wandb_logged_in() -> bool:
+    """Whether wandb may log online: ``WANDB_MODE=online``, or (no ``WANDB_MODE``) the user is logged in, with
+    an API key in ``WANDB_API_KEY`` or, where ``wandb login`` writes it, in ``~/.netrc`` for the wandb host
+    (``WANDB_BASE_URL``, default api.wandb.ai). Reads no network."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode == "online"
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logger | bool = False,
                 prefix: str = "") -> Logger | bool:
-    """``wandb`` (offline, no account needed), ``wandb-online``, ``csv`` or ``none``.
+    """``wandb`` (offline unless the user is logged in, see :func:`wandb_logged_in`), ``wandb-online``,
+    ``csv`` or ``none``.
 
     A wandb run is named ``<group>/<name>`` and joins the run folder's group (:func:`wandb_group`); a CSV
     log goes to ``output/logs/<group>/<name>``. With a wandb ``parent`` logger, the new logger writes into
@@ -95,7 +114,7 @@ def make_logger(kind: str, output: Path, name: str, group: str, *, parent: Logge
     if isinstance(parent, WandbLogger):
         return WandbLogger(experiment=parent.experiment, prefix=prefix, log_model=False)
     return WandbLogger(project="fewlabel", name=f"{group}/{name}", group=wandb_group(output), save_dir=str(output),
-                       offline=kind == "wandb", log_model=False)
+                       offline=kind == "wandb" and not wandb_logged_in(), log_model=False)
 
 
 _console = {"verbose": False}

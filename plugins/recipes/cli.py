@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file merged onto the recipe's defaults (embedded digits data)")
     run.add_argument("--output", help="run folder (default: runs/RECIPE)")
     run.add_argument("--logger", default="wandb", choices=LOGGERS,
-                     help="wandb = offline wandb (default, no account needed)")
+                     help="wandb (default): offline, no account needed; online once you are logged in (wandb login)")
     run.add_argument("--recompute", action="store_true",
                      help="delete and recompute stages that this --output folder holds with other settings")
     run.add_argument("--debug", action="store_true", help="show the traceback of fewlabel's own errors")

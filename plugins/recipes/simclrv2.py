@@ -248,7 +248,7 @@ def run_simclrv2(config: dict[str, Any], output: str | Path, logger: str = "wand
     Args:
         config: The merged configuration (``load_config("simclrv2", ...)``).
         output: The run folder.
-        logger: ``wandb`` (offline), ``wandb-online``, ``csv`` or ``none``.
+        logger: ``wandb`` (offline unless logged in to wandb), ``wandb-online``, ``csv`` or ``none``.
         recompute: Delete and recompute stages stored with other settings instead of refusing.
 
     Returns:

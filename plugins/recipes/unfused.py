@@ -506,7 +506,7 @@ def run_unfused(config: dict[str, Any], output: str | Path, logger: str = "wandb
     Args:
         config: The merged configuration (:func:`~fewlabel.plugins.recipes.load_config`).
         output: The run folder.
-        logger: ``wandb`` (offline), ``wandb-online``, ``csv`` or ``none``.
+        logger: ``wandb`` (offline unless logged in to wandb), ``wandb-online``, ``csv`` or ``none``.
         recompute: Delete and recompute stages stored with other settings instead of refusing.
 
     Raises:

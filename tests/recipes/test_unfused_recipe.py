@@ -282,3 +282,27 @@ def test_wandb_logs_every_stage_in_one_group_with_the_table_and_pictures(tmp_pat
     images = {path.name.split("_0_")[0] for path in results.glob("files/media/images/*.png")}
     assert images == {"label_efficiency", "embeddings_teacher", "embeddings_student"}
     assert b"nredo" in next(results.glob("run-*.wandb")).read_bytes()  # the recipe's config, recorded in that run
+
+
+def test_wandb_goes_online_only_for_a_logged_in_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default logger is offline unless the user is logged in (an API key in the environment or in
+    ~/.netrc, where `wandb login` writes it); WANDB_MODE decides over both. Nothing here touches the network."""
+    from fewlabel.plugins.recipes.build import make_logger, wandb_logged_in
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not wandb_logged_in()
+    netrc_file = tmp_path / ".netrc"
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    assert wandb_logged_in()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a key for another host does not count
+    assert not wandb_logged_in()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert wandb_logged_in()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert not wandb_logged_in()
+    assert make_logger("wandb", tmp_path, "teacher", "unfused")._offline  # the experiment is never created here
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert not make_logger("wandb", tmp_path, "teacher", "unfused")._offline
