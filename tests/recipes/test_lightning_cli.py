@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -34,7 +35,8 @@ def test_the_configs_are_all_here() -> None:
                                          "byola", "finetune", "self_distillation"}
     assert {p.stem for p in (CONFIGS / "callbacks").glob("*.yaml")} == {"evaluation", "evaluation_ema", "tta"}
     assert {p.stem for p in (CONFIGS / "data").glob("*.yaml")} == {
-        "digits", "image_folder", "audio_folder", "cifar10", "stl10", "speech_commands", "esc50"}
+        "digits", "digits_shifted", "image_folder", "audio_folder", "cifar10", "stl10", "speech_commands", "esc50",
+        "huggingface"}
 
 
 @pytest.mark.parametrize("config", METHODS, ids=lambda p: p.stem)
@@ -51,10 +53,30 @@ def test_every_method_config_instantiates(config: Path, tmp_path: Path, monkeypa
 @pytest.mark.parametrize("config", sorted((CONFIGS / "data").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_data_config_composes_with_a_method(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    method = CONFIGS / "methods" / ("byola.yaml" if config.name in AUDIO else "simclr.yaml")
+    shifted = config.stem == "digits_shifted"  # a test-time shift of the fine-tuning config's labeled digits
+    method = CONFIGS / "methods" / ("byola.yaml" if config.name in AUDIO else "finetune.yaml" if shifted else "simclr.yaml")
     cli = lightning_cli(["--config", str(method), "--config", str(config), "--trainer.logger", "false"], run=False)
     expected = yaml.safe_load(config.read_text())["data"]["class_path"].rsplit(".", 1)[1]
-    assert type(cli.datamodule).__qualname__ == expected and cli.datamodule.train_split == "unlabeled"
+    assert type(cli.datamodule).__qualname__ == expected
+    assert cli.datamodule.train_split == ("labeled" if shifted else "unlabeled")
+
+
+def test_the_huggingface_config_reads_a_saved_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    split = datasets.Dataset.from_dict({"img": [Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8))
+                                                for _ in range(40)], "label": [i % 2 for i in range(40)]}, features=features)
+    datasets.DatasetDict({"train": split, "test": split.select(range(10))}).save_to_disk("data/my_hf_dataset")
+    cli = lightning_cli(["--config", str(CONFIGS / "methods" / "simclr.yaml"), "--config",
+                         str(CONFIGS / "data" / "huggingface.yaml"), "--data.init_args.labels_per_class", "2",
+                         "--trainer.logger", "false"], run=False)
+    cli.datamodule.setup()
+    assert cli.datamodule.class_names == ["a", "b"] and cli.datamodule.input_shape == (3, 32, 32)
+    assert next(iter(cli.datamodule.train_dataloader()))["input"].shape[1:] == (3, 32, 32)
 
 
 def test_fit_for_real_with_the_evaluation_callbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -102,8 +124,8 @@ def test_tta_config_adapts_while_testing_a_fine_tuned_classifier(tmp_path: Path,
                 "{name: small_cnn, width: 4}", "--trainer.default_root_dir", str(tmp_path)]
     assert main(["fit", *finetune, "--trainer.max_epochs", "2"]) == 0
     checkpoint = next(tmp_path.rglob("*.ckpt"))
-    assert main(["test", *finetune, "--config", str(CONFIGS / "callbacks" / "tta.yaml"),
-                 "--ckpt_path", str(checkpoint)]) == 0
+    assert main(["test", *finetune, "--config", str(CONFIGS / "data" / "digits_shifted.yaml"), "--config",
+                 str(CONFIGS / "callbacks" / "tta.yaml"), "--ckpt_path", str(checkpoint)]) == 0
     tested = sorted(tmp_path.rglob("metrics.csv"))[-1].read_text()
     assert "tta/entropy" in tested and "test/acc" in tested
 
