@@ -33,7 +33,23 @@ def teacher_checkpoint(folder: Path, width: int = 32) -> Path:
 def test_the_configs_are_all_here() -> None:
     assert {p.stem for p in METHODS} >= {"simclr", "byol", "dino", "barlow_twins", "vicreg", "rotnet", "deepcluster_v2",
                                          "byola", "finetune", "self_distillation"}
-    assert {p.stem for p in (CONFIGS / "callbacks").glob("*.yaml")} == {"evaluation", "evaluation_ema", "tta"}
+    assert {p.stem for p in (CONFIGS / "callbacks").glob("*.yaml")} == {"evaluation", "evaluation_ema", "tta",
+                                                                        "training"}
+
+
+def test_every_public_callback_and_datamodule_has_a_shipped_config() -> None:
+    import fewlabel.callbacks
+    import fewlabel.datamodules
+
+    named = " ".join(path.read_text() for path in CONFIGS.rglob("*.yaml"))
+    # LinearProbeEvaluator trains on labeled rows of training batches, which an SSL fit's batches lack (see
+    # evaluation.yaml); the base classes and the generic folder module are not used on their own
+    unused = {"LinearProbeEvaluator", "EmbeddingEvaluator", "FewLabelDataModule", "FolderDataModule"}
+    for package in (fewlabel.callbacks, fewlabel.datamodules):
+        for name in package.__all__:
+            value = getattr(package, name)
+            if isinstance(value, type) and issubclass(value, (L.Callback, L.LightningDataModule)) and name not in unused:
+                assert f"{package.__name__}.{name}" in named, name
     assert {p.stem for p in (CONFIGS / "data").glob("*.yaml")} == {
         "digits", "digits_shifted", "image_folder", "audio_folder", "cifar10", "stl10", "speech_commands", "esc50",
         "huggingface"}
@@ -128,6 +144,17 @@ def test_tta_config_adapts_while_testing_a_fine_tuned_classifier(tmp_path: Path,
                  str(CONFIGS / "callbacks" / "tta.yaml"), "--ckpt_path", str(checkpoint)]) == 0
     tested = sorted(tmp_path.rglob("metrics.csv"))[-1].read_text()
     assert "tta/entropy" in tested and "test/acc" in tested
+
+
+def test_the_training_callbacks_config_fits_and_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(CONFIGS / "methods" / "simclr.yaml"), "--config",
+                 str(CONFIGS / "callbacks" / "training.yaml"), "--model.init_args.encoder", "{name: small_cnn, width: 4}",
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    assert len(list(tmp_path.rglob("projections/*.png"))) == 1  # drawn when the fit ends
+    state = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)["callbacks"]
+    assert any(key.startswith("RNGStateKeeper") for key in state)
 
 
 def test_the_ema_evaluation_config_keeps_the_teacher_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
