@@ -10,6 +10,7 @@ Every family is a :class:`Registry` instance next to its ``create_<family>(name,
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,18 @@ def closest(name: str, valid: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the valid name closest to ``name``, or ``""`` when none is close."""
     match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _import(path: str, kind: str) -> Callable[..., Any]:
+    """The callable at the import path ``package.module.Name``."""
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {kind} {path!r}: {err}") from None
+    if not callable(found):
+        raise ValueError(f"{kind} {path!r} is a {type(found).__name__}, not a class or function")
+    return found
 
 
 class Registry(Generic[T]):
@@ -78,14 +91,20 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, names={self.names()})"
 
     def get(self, name: str) -> Callable[..., T]:
-        """The constructor registered under ``name``.
+        """The constructor registered under ``name``, or the class or function a dotted import path names
+        (``"my_package.module.MyEncoder"``, as a ``class_path`` does), so a config can name a user's own
+        component without registering it.
 
         Raises:
-            ValueError: unknown name; the message gives the closest name and every valid one.
+            ValueError: unknown name (the message gives the closest name and every valid one), or an import
+                path that cannot be imported or names nothing callable.
         """
-        if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}{closest(name, self.names())}; choose one of {self.names()}")
-        return self._entries[name]
+        if name in self._entries:
+            return self._entries[name]
+        if isinstance(name, str) and "." in name.strip("."):
+            return _import(name, self.kind)
+        raise ValueError(f"unknown {self.kind} {name!r}{closest(name, self.names())}; choose one of "
+                         f"{self.names()} or an import path (package.module.Name)")
 
     def create(self, name: str, **kwargs: Any) -> T:
         """Build the component registered under ``name`` with ``kwargs``.

@@ -110,3 +110,18 @@ def test_a_head_name_is_taken_once() -> None:
     with pytest.raises(ValueError, match="head 'linear' is already registered"):
         register_head("linear")(nn.Linear)
     assert "linear" in HEADS and len(HEADS) == 9
+
+
+def test_an_import_path_names_a_component_that_is_not_registered() -> None:
+    """Like a class_path: a user's own class or function, by its dotted import path, with no registration."""
+    from fewlabel.plugins.encoders import SmallCNN, create_encoder
+    from fewlabel.plugins.methods import METHODS, SimCLR
+
+    assert METHODS.get("fewlabel.plugins.methods.simclr.SimCLR") is SimCLR
+    assert isinstance(create_encoder("fewlabel.plugins.encoders.SmallCNN", width=4), SmallCNN)
+    with pytest.raises(ValueError, match=r"cannot import method 'fewlabel\.plugins\.methods\.SimCLRR': .*SimCLRR"):
+        METHODS.get("fewlabel.plugins.methods.SimCLRR")
+    with pytest.raises(ValueError, match=r"cannot import method 'no_such_package\.Method': No module named"):
+        METHODS.get("no_such_package.Method")
+    with pytest.raises(ValueError, match=r"method 'fewlabel\.plugins\.methods\.__all__' is a list, not a class"):
+        METHODS.get("fewlabel.plugins.methods.__all__")

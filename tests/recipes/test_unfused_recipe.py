@@ -201,7 +201,7 @@ def test_recipe_runs_in_bf16_mixed(tmp_path: Path) -> None:
     assert 0.0 <= results["pseudo_labels"]["pseudo_labels/nmi"] <= 1.0
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "dino"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "dino", "fewlabel.plugins.methods.simclr.SimCLR"])
 def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
     overrides = [item for item in TINY if not item.startswith("teacher.module.")]
     config = load_config("unfused", overrides=[*overrides, f"teacher.method={method}", "teacher.module.hidden_dim=32",
@@ -209,7 +209,8 @@ def test_teacher_method_is_selectable(tmp_path: Path, method: str, capsys: pytes
     assert config["teacher"]["module"] == {"hidden_dim": 32}  # DeepCluster-v2's default settings are not inherited
     results = run_unfused(config, tmp_path, logger="none")
     assert {row["method"] for row in results["rows"]} == {"supervised", "ssl+finetune", "unfused"}
-    name = {"simclr": "SimCLR", "byol": "BYOL", "dino": "DINO"}[method]
+    names = {"simclr": "SimCLR", "byol": "BYOL", "dino": "DINO"}
+    name = names.get(method, method.rsplit(".", 1)[-1])  # or by import path
     assert f"teacher: {name} on the unlabeled pool" in capsys.readouterr().out
     state = torch.load(tmp_path / "teacher" / "final.ckpt", weights_only=False)["state_dict"]
     if method == "byol":  # the EMATeacher the recipe adds moved the target network away from its start
@@ -306,3 +307,17 @@ def test_wandb_goes_online_only_for_a_logged_in_user(tmp_path: Path, monkeypatch
     assert make_logger("wandb", tmp_path, "teacher", "unfused")._offline  # the experiment is never created here
     monkeypatch.setenv("WANDB_MODE", "online")
     assert not make_logger("wandb", tmp_path, "teacher", "unfused")._offline
+
+
+def test_a_datamodule_by_import_path(tmp_path: Path) -> None:
+    """data.name may be a class's import path (the user's own FewLabelDataModule), checked like a registered one."""
+    from fewlabel.datamodules import DigitsDataModule
+    from fewlabel.plugins.recipes import check_config
+    from fewlabel.plugins.recipes.build import DATAMODULES, make_datamodule
+
+    config = tiny_config(**{"data.name": "fewlabel.datamodules.DigitsDataModule"})
+    check_config(config, DATAMODULES)
+    assert isinstance(make_datamodule(config["data"]), DigitsDataModule)
+    with pytest.raises(RecipeError, match=r"unknown key data\.batch_sise \(did you mean 'batch_size'\?\)"):
+        check_config(tiny_config(**{"data.name": "fewlabel.datamodules.DigitsDataModule", "data.batch_sise": 3}),
+                     DATAMODULES)
