@@ -81,16 +81,17 @@ def check_input(x: Tensor, ndim: tuple[int, ...], name: str) -> None:
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
 
 
-def encoder_weights(checkpoint: str | Path) -> dict[str, Tensor]:
-    """The ``encoder.*`` weights (prefix removed) of a fewlabel module's checkpoint.
+def checkpoint_weights(checkpoint: str | Path, prefix: str = "encoder.") -> dict[str, Tensor]:
+    """The weights under ``prefix`` (prefix removed) of a module's checkpoint; ``prefix=""`` gives them all.
 
     Args:
         checkpoint: a Lightning checkpoint (``{"state_dict": ...}``, e.g. a recipe stage's ``final.ckpt``) or a
             file holding a module's ``state_dict`` itself.
+        prefix: which weights: ``"encoder."`` (a fewlabel module's encoder), ``""`` (the whole module).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be read, holds no state_dict, or no ``encoder.*`` weights.
+        ValueError: the file cannot be read, holds no state_dict, or no weights under ``prefix``.
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -102,11 +103,31 @@ def encoder_weights(checkpoint: str | Path) -> dict[str, Tensor]:
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds no state_dict")
-    weights = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
+    weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     if not weights:
-        raise ValueError(f"checkpoint {path} holds no encoder weights (no 'encoder.*' keys in its state_dict); pass "
-                         f"a checkpoint of a fewlabel module, e.g. RUN/teacher/final.ckpt")
+        raise ValueError(f"checkpoint {path} holds no {prefix.rstrip('.') or 'module'} weights (no '{prefix}*' keys in "
+                         f"its state_dict); pass a checkpoint of a fewlabel module, e.g. RUN/teacher/final.ckpt")
     return weights
+
+
+def encoder_weights(checkpoint: str | Path) -> dict[str, Tensor]:
+    """The ``encoder.*`` weights (prefix removed) of a fewlabel module's checkpoint (see :func:`checkpoint_weights`)."""
+    return checkpoint_weights(checkpoint, "encoder.")
+
+
+def load_weights(module: nn.Module, checkpoint: str | Path, prefix: str, what: str) -> nn.Module:
+    """Load ``module``'s weights, exactly (same keys and shapes), from the ``prefix`` weights of a checkpoint.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`checkpoint_weights`; weights that do not fit ``module``
+            (naming ``what`` and the first problem).
+    """
+    try:
+        module.load_state_dict(checkpoint_weights(checkpoint, prefix))
+    except RuntimeError as err:  # torch's first line only says where; the next one says what
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(f"the weights of {checkpoint} do not fit {what}: {lines[min(1, len(lines) - 1)]}") from None
+    return module
 
 
 def build_encoder(encoder: nn.Module | Mapping[str, Any]) -> nn.Module:
@@ -131,13 +152,8 @@ def build_encoder(encoder: nn.Module | Mapping[str, Any]) -> nn.Module:
         checkpoint = spec.pop("checkpoint", None)
         built = create_encoder(spec.pop("name"), **spec)
         if checkpoint is not None:
-            try:
-                built.load_state_dict(encoder_weights(checkpoint))
-            except RuntimeError as err:  # torch's first line only says where; the next one says what
-                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-                spec = {k: v for k, v in encoder.items() if k != "checkpoint"}
-                raise ValueError(f"the encoder weights of {checkpoint} do not fit the encoder {spec}: "
-                                 f"{lines[min(1, len(lines) - 1)]}") from None
+            spec = {k: v for k, v in encoder.items() if k != "checkpoint"}
+            load_weights(built, checkpoint, "encoder.", f"the encoder {spec}")
         return built
     raise TypeError(f"encoder must be an nn.Module or a spec dict with a 'name' key, got {type(encoder).__name__}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -123,6 +124,11 @@ class Classifier(Method):
             raise ValueError("freeze_encoder=True trains the head alone (linear evaluation); lp_steps and peft "
                              "need an encoder that is fine-tuned: drop freeze_encoder or them")
         self.save_hyperparameters(ignore=list(self.module_arguments))
+        #: The Classifier's own settings, read by its steps. Not ``hparams``: under LightningCLI those are the
+        #: config's init_args, which for a subclass (KnowledgeDistillation) lack the arguments it does not take.
+        self.settings = AttributeDict(
+            num_classes=num_classes, freeze_encoder=freeze_encoder, lr=lr, encoder_lr_scale=encoder_lr_scale,
+            label_smoothing=label_smoothing, bn_eval=bn_eval, lp_steps=lp_steps, peft=peft)
         self.head = nn.Linear(self.embed_dim, num_classes)
         # set, never assume: an encoder handed over by another stage may arrive frozen or in eval mode
         self.encoder.requires_grad_(not freeze_encoder)
@@ -148,14 +154,14 @@ class Classifier(Method):
     def _hold_encoder_modes(self) -> None:
         """A frozen encoder (or one being probed) stays in eval mode; with ``bn_eval`` or SSF its
         running-statistics layers do."""
-        if self.hparams.freeze_encoder or self.in_linear_probe():
+        if self.settings.freeze_encoder or self.in_linear_probe():
             self.encoder.eval()
-            self._probing = not self.hparams.freeze_encoder
+            self._probing = not self.settings.freeze_encoder
             return
         if self._probing:  # LP-FT's fine-tuning has begun (or resumed): back to train mode
             self.encoder.train()
             self._probing = False
-        if self.hparams.bn_eval or self.hparams.peft is not None:
+        if self.settings.bn_eval or self.settings.peft is not None:
             for layer in self.encoder.modules():
                 if isinstance(layer, (nn.modules.batchnorm._BatchNorm, RunningNorm)):
                     layer.eval()
@@ -173,13 +179,13 @@ class Classifier(Method):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._hold_encoder_modes()  # Lightning may switch sub-modules to train mode directly
-        frozen = self.hparams.freeze_encoder or self.in_linear_probe()
+        frozen = self.settings.freeze_encoder or self.in_linear_probe()
         (z,) = self.views(batch, 1)
         with torch.set_grad_enabled(not frozen):
             emb = self.embed(z)
         logits = self.head(emb.float() if frozen else emb)
         loss = F.cross_entropy(logits.float(), batch["label"], ignore_index=-1,
-                               label_smoothing=self.hparams.label_smoothing)
+                               label_smoothing=self.settings.label_smoothing)
         self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
@@ -199,7 +205,7 @@ class Classifier(Method):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The head at ``lr``; the encoder (unless frozen; only its SSF parameters with ``peft="ssf"``)
         at ``lr * encoder_lr_scale``."""
-        hp = self.hparams
+        hp = self.settings
         groups: list[dict[str, Any]] = [{"params": self.head.parameters()}]
         if hp.peft == "ssf":
             groups.append({"params": list(ssf_parameters(self.encoder)), "lr": hp.lr * hp.encoder_lr_scale})
@@ -213,7 +219,7 @@ class Classifier(Method):
         Raises:
             ValueError: ``lp_steps`` covers every optimizer step of the fit.
         """
-        lp_steps = self.hparams.lp_steps
+        lp_steps = self.settings.lp_steps
         if not lp_steps:
             self._lp_end = None
             return super().configure_optimizers()

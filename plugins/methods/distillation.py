@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewlabel.plugins.encoders.base import Encoder, embed
+from fewlabel.plugins.encoders.base import Encoder, embed, load_weights
 from fewlabel.plugins.losses.distillation import DistillationLoss
 from fewlabel.plugins.methods.classifier import Classifier
 
@@ -65,14 +65,20 @@ class KnowledgeDistillation(Classifier):
             smaller than the teacher's).
         num_classes: Number of classes (the teacher's outputs).
         augment: Batch-wise augmentation after the student encoder's front end: the view both networks see.
+        teacher_checkpoint: A checkpoint of the teacher (its whole ``state_dict``, e.g. the Lightning checkpoint
+            of a fine-tuned :class:`Classifier`), loaded exactly into the teacher before it is frozen, so a
+            config can name the trained teacher (``teacher: {class_path: fewlabel.plugins.Classifier, ...}``).
+            ``None``: the teacher's weights as given.
         temperature: Softmax temperature ``T`` of the distillation loss (1.0 in the paper).
         label_weight: Weight of the cross-entropy on labeled samples (0: distillation only, the paper's setting).
         optimizer, lr, weight_decay, warmup_fraction: Optimiser (momentum 0.9 for SGD) and warm-up +
             cosine schedule; the paper distils with momentum SGD / LARS and weight decay 1e-4.
 
     Raises:
-        ValueError: ``temperature <= 0``, ``label_weight < 0``, ``num_classes < 2``, or a teacher
-            without ``.encoder`` / ``.head`` for a student whose encoder has a front end.
+        ValueError: ``temperature <= 0``, ``label_weight < 0``, ``num_classes < 2``, a teacher
+            without ``.encoder`` / ``.head`` for a student whose encoder has a front end, or a
+            ``teacher_checkpoint`` whose weights do not fit the teacher.
+        FileNotFoundError: ``teacher_checkpoint`` does not exist.
 
     Example:
         >>> teacher = Classifier({"name": "small_cnn", "width": 8}, num_classes=3)
@@ -91,6 +97,7 @@ class KnowledgeDistillation(Classifier):
         encoder: nn.Module | Mapping[str, Any],
         num_classes: int,
         augment: nn.Module | None = None,
+        teacher_checkpoint: str | None = None,
         temperature: float = 1.0,
         label_weight: float = 0.0,
         optimizer: str = "sgd",
@@ -107,6 +114,8 @@ class KnowledgeDistillation(Classifier):
                          weight_decay=weight_decay, warmup_fraction=warmup_fraction)
         self.loss = DistillationLoss(temperature)
         self.teacher = copy.deepcopy(teacher).requires_grad_(False).eval()
+        if teacher_checkpoint is not None:
+            load_weights(self.teacher, teacher_checkpoint, "", f"the teacher {type(teacher).__name__}")
         self._teacher_runs_view = hasattr(self.teacher, "encoder") and hasattr(self.teacher, "head")
         if not self._teacher_runs_view and _has_frontend(self.encoder):
             name = type(self.encoder).__name__

@@ -21,7 +21,7 @@ __all__ = ["ClassifierEnsemble"]
 
 def _view_logits(member: Classifier, z: Tensor) -> Tensor:
     """``head(embed(view))``, as :meth:`Classifier.training_step` computes it."""
-    frozen = member.hparams.freeze_encoder
+    frozen = member.settings.freeze_encoder
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
         emb = member.embed(z)
     return member.head(emb.float() if frozen else emb)
@@ -204,7 +204,7 @@ class ClassifierEnsemble(L.LightningModule):
             with self.member_rng(i, member_batch["label"].device):
                 views.append(member.views(member_batch, 1)[0])
         labels = [b["label"] for b in batch]
-        smoothing = self.members[0].hparams.label_smoothing
+        smoothing = self.members[0].settings.label_smoothing
         if not self._vectorized(views[0].device):  # member after member: each as in its separate run
             losses = torch.stack([
                 F.cross_entropy(_view_logits(member, z).float(), y, ignore_index=-1, label_smoothing=smoothing)
@@ -285,7 +285,7 @@ def _check_members(members: list[Classifier]) -> None:
     for i, member in enumerate(members):
         if not isinstance(member, Classifier):
             raise ValueError(f"member {i} is a {type(member).__name__}; ClassifierEnsemble trains Classifiers")
-        if member.hparams.lp_steps:
+        if member.settings.lp_steps:
             raise ValueError("ClassifierEnsemble does not support LP-FT (lp_steps): fit those classifiers separately")
         if dict(member.hparams) != dict(first.hparams) or member.optimizer_settings != first.optimizer_settings:
             raise ValueError(f"member {i} has other hyperparameters than member 0 ({dict(member.hparams)} vs "

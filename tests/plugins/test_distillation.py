@@ -158,3 +158,21 @@ def test_constructor_fails_fast() -> None:
     # a student with a log-mel front end makes spectrogram views: a plain teacher cannot take them
     with pytest.raises(ValueError, match="front end"):
         KnowledgeDistillation(nn.Linear(4, 3), {"name": "audio_ntt", "channels": 4, "embed_dim": 8}, num_classes=3)
+
+
+def test_the_teacher_can_come_from_its_checkpoint(tmp_path: Any) -> None:
+    """teacher_checkpoint loads the whole trained teacher (encoder and head) into the frozen copy, exactly."""
+    trained = Classifier({"name": "small_cnn", "width": 4}, num_classes=3)
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "teacher.ckpt")
+    fresh = Classifier({"name": "small_cnn", "width": 4}, num_classes=3)
+    student = KnowledgeDistillation(fresh, {"name": "small_cnn", "width": 4}, num_classes=3,
+                                    teacher_checkpoint=str(tmp_path / "teacher.ckpt"))
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in student.teacher.state_dict().items())
+    assert not torch.equal(fresh.head.weight, trained.head.weight)  # the module passed in is left as it was
+    other = Classifier({"name": "small_cnn", "width": 8}, num_classes=3)
+    with pytest.raises(ValueError, match=r"do not fit the teacher Classifier: size mismatch for encoder"):
+        KnowledgeDistillation(other, {"name": "small_cnn", "width": 4}, num_classes=3,
+                              teacher_checkpoint=str(tmp_path / "teacher.ckpt"))
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+        KnowledgeDistillation(fresh, {"name": "small_cnn", "width": 4}, num_classes=3,
+                              teacher_checkpoint=str(tmp_path / "missing.ckpt"))

@@ -30,9 +30,19 @@ def teacher_checkpoint(folder: Path, width: int = 32) -> Path:
     return path
 
 
+def classifier_checkpoint(folder: Path) -> Path:
+    """Where knowledge_distillation.yaml looks for its teacher (finetune.yaml writes it there)."""
+    from fewlabel.plugins import Classifier
+
+    path = folder / "runs" / "finetune" / "classifier.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": Classifier({"name": "small_cnn", "width": 16}, num_classes=10).state_dict()}, path)
+    return path
+
+
 def test_the_configs_are_all_here() -> None:
     assert {p.stem for p in METHODS} >= {"simclr", "byol", "dino", "barlow_twins", "vicreg", "rotnet", "deepcluster_v2",
-                                         "byola", "finetune", "self_distillation"}
+                                         "byola", "finetune", "self_distillation", "knowledge_distillation"}
     assert {p.stem for p in (CONFIGS / "callbacks").glob("*.yaml")} == {"evaluation", "evaluation_ema", "tta",
                                                                         "training"}
 
@@ -59,6 +69,7 @@ def test_every_public_callback_and_datamodule_has_a_shipped_config() -> None:
 def test_every_method_config_instantiates(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     teacher_checkpoint(tmp_path)
+    classifier_checkpoint(tmp_path)
     cli = lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
     expected = yaml.safe_load(config.read_text())
     assert type(cli.model).__qualname__ == expected["model"]["class_path"].rsplit(".", 1)[1]
@@ -131,6 +142,26 @@ def test_self_distillation_config_distils_the_main_jobs_teacher(tmp_path: Path, 
     teacher_checkpoint(tmp_path, width=8)  # a teacher that does not fit the spec is named
     with pytest.raises(ValueError, match=r"do not fit the encoder \{'name': 'small_cnn', 'width': 32\}: size mismatch"):
         lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
+
+
+def test_knowledge_distillation_config_distils_finetunes_classifier(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """finetune.yaml writes runs/finetune/classifier.ckpt; knowledge_distillation.yaml distils it (the teacher's
+    weights loaded), and the student's checkpoint can be tested by LightningCLI (its hyperparameters rebuild it)."""
+    monkeypatch.chdir(tmp_path)
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.log_every_n_steps", "1",
+             "--trainer.default_root_dir", str(tmp_path)]
+    assert main(["fit", "--config", str(CONFIGS / "methods" / "finetune.yaml"), *short]) == 0
+    teacher = torch.load(tmp_path / "runs" / "finetune" / "classifier.ckpt", weights_only=False)["state_dict"]
+    config = ["--config", str(CONFIGS / "methods" / "knowledge_distillation.yaml")]
+    cli = lightning_cli([*config, "--trainer.logger", "false"], run=False)
+    assert all(torch.equal(v, teacher[k]) for k, v in cli.model.teacher.state_dict().items())
+    assert main(["fit", *config, *short, "--trainer.logger", "CSVLogger",
+                 "--trainer.logger.init_args.save_dir", "kd"]) == 0
+    metrics = next((tmp_path / "kd").rglob("metrics.csv")).read_text()
+    assert "train/teacher_agreement" in metrics and "train/distill" in metrics
+    student = next((tmp_path / "kd").rglob("*.ckpt"))
+    assert main(["test", *config, "--ckpt_path", str(student), "--trainer.logger", "false"]) == 0
 
 
 def test_tta_config_adapts_while_testing_a_fine_tuned_classifier(tmp_path: Path,
