@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from lightning.pytorch.callbacks import LambdaCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
@@ -282,11 +283,13 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
     L.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     module, labeler = build_student(config, dm, teacher)
     _say(f"stage 2/4 pseudo-labels: teacher embeddings -> PCA-whitening -> k-means (k={module.hparams.num_classes})")
-    _say("stage 3/4 student: multi-exit self-distillation on the pseudo-labels")
+    student_line = "stage 3/4 student: multi-exit self-distillation on the pseudo-labels"
 
     def trainer(callbacks: list[L.Callback]) -> L.Trainer:
+        # the labelling runs as the student's fit starts: stage 3's line follows stage 2's bar
+        announce = LambdaCallback(on_train_start=lambda *_: _say(student_line))
         return make_trainer(config, config["student"].get("trainer") or {},
-                            callbacks=callbacks, logger=make_logger(logger, output, "student", "unfused"),
+                            callbacks=[*callbacks, announce], logger=make_logger(logger, output, "student", "unfused"),
                             progress="student", checkpoint=True)
 
     module, info, reused = fit_stage(output / "student", module, dm.unlabeled_dataloader, trainer, [labeler],
@@ -294,6 +297,7 @@ def run_student(config: dict[str, Any], dm: FewLabelDataModule, teacher: nn.Modu
                                      describe=lambda: {"pseudo_labels": dict(labeler.metrics),
                                                        "chosen": dict(labeler.chosen)})
     if reused:
+        _say(student_line)
         _say("  reused the finished student")
     metrics = info.get("pseudo_labels", {})
     chosen = info.get("chosen", {})

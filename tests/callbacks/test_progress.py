@@ -60,7 +60,7 @@ def test_the_recipe_console_is_quiet_unless_verbose(tmp_path, capfd: pytest.Capt
     monkeypatch.delenv("WANDB_SILENT", raising=False)
     main(["run", "unfused", "--output", str(tmp_path / "quiet"), *TINY])
     out, err = capfd.readouterr()
-    assert "[fewlabel] stage 1/4 teacher" in out and "results written" in out
+    assert "[fewlabel] stage 1/4 teacher" in out and "[fewlabel] stage 3/4 student" in out and "results written" in out
     # one bar per stage: 1,131 pool samples / batch 64 (last partial batch dropped) = 17 steps x 2 epochs
     assert re.search(r"teacher: .*34/34", err) and re.search(r"student: .*34/34", err)
     # stage 2 too: the pool's 5 eval batches (batch 256), the validation split's 1, then the clustering
