@@ -8,14 +8,39 @@ examples/configs/callbacks/evaluation.yaml``; ``--print_config`` shows the merge
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["LIGHTNING_SUBCOMMANDS", "lightning_cli"]
+__all__ = ["LIGHTNING_SUBCOMMANDS", "FewLabelCLI", "lightning_cli"]
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class FewLabelCLI(LightningCLI):
+    """Lightning's CLI, except that a constructor refusing its configured arguments (a checkpoint that does not
+    exist, a value out of range) ends in one line naming the reason, not in jsonargparse's traceback around it.
+    ``FEWLABEL_DEBUG=1`` shows the traceback.
+
+    Example:
+        >>> cli = FewLabelCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+        ...                   subclass_mode_data=True, args=["--config", "examples/configs/methods/simclr.yaml"],
+        ...                   run=False)  # doctest: +SKIP
+    """
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            if os.environ.get("FEWLABEL_DEBUG"):
+                raise
+            root: BaseException = err
+            while root.__cause__ is not None:  # the constructor's own error, under jsonargparse's wrapping
+                root = root.__cause__
+            raise SystemExit(f"fewlabel: error: {type(root).__name__}: {root} (FEWLABEL_DEBUG=1 shows the "
+                             f"traceback)") from None
 
 
 def lightning_cli(args: Sequence[str] | None, run: bool = True) -> LightningCLI:
@@ -31,5 +56,5 @@ def lightning_cli(args: Sequence[str] | None, run: bool = True) -> LightningCLI:
         >>> type(cli.model).__name__  # doctest: +SKIP
         'SimCLR'
     """
-    return LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        args=None if args is None else list(args), run=run, save_config_kwargs={"overwrite": True})
+    return FewLabelCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       args=None if args is None else list(args), run=run, save_config_kwargs={"overwrite": True})

@@ -163,8 +163,15 @@ def test_self_distillation_config_distils_the_main_jobs_teacher(tmp_path: Path, 
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "pseudo_labels/nmi" in metrics and "train/loss" in metrics
     teacher_checkpoint(tmp_path, width=8)  # a teacher that does not fit the spec is named
-    with pytest.raises(ValueError, match=r"do not fit the encoder \{'name': 'small_cnn', 'width': 32\}: size mismatch"):
-        lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
+    with pytest.raises(SystemExit, match=r"^fewlabel: error: ValueError: the weights of runs.unfused.teacher.final\.ckpt "
+                                         r"do not fit the encoder \{'name': 'small_cnn', 'width': 32\}: size mismatch"):
+        lightning_cli(["--config", str(config), "--trainer.logger", "false"], run=False)  # one line, no traceback
+    (tmp_path / "runs" / "unfused" / "teacher" / "final.ckpt").unlink()
+    with pytest.raises(SystemExit, match=r"FileNotFoundError: checkpoint runs.unfused.teacher.final\.ckpt does not exist"):
+        main(["fit", "--config", str(config)])
+    monkeypatch.setenv("FEWLABEL_DEBUG", "1")
+    with pytest.raises(ValueError, match="Does not validate against any of the Union subtypes"):  # the whole story
+        main(["fit", "--config", str(config)])
 
 
 def test_knowledge_distillation_config_distils_finetunes_classifier(tmp_path: Path,
