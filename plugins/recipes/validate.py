@@ -77,7 +77,7 @@ _SET_BY_RECIPE = {
     "student": ("encoder", "num_classes", "num_samples", "augment"),
     "pseudo_labels": ("teacher", "dataloader", "val_dataloader"),
     "finetune": ("encoder", "num_classes", "augment"),
-    "distill": ("teacher", "encoder", "num_classes", "augment"),
+    "distill": ("teacher", "teacher_checkpoint", "encoder", "num_classes", "augment"),
 }
 
 

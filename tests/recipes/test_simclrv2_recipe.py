@@ -100,6 +100,7 @@ def test_cli_run_writes_every_method_and_a_rerun_reuses_every_stage(
     ("finetune.methods.ssl+finetune.encoder_from=student", r"encoder_from must be one of \['teacher', 'scratch'\]"),
     ("teacher.method=simclrr", r"teacher\.method: .*'simclrr' \(did you mean 'simclr'\?\)"),
     ("finetune.lr_candidates=[0.001, 0.01]", r"finetune\.lr_candidates is not supported by the simclrv2 recipe"),
+    ("distill.module.teacher_checkpoint=t.ckpt", r"distill\.module\.teacher_checkpoint is set by the recipe itself"),
 ])
 def test_config_errors_name_the_closest_key(override: str, message: str) -> None:
     config = load_config("simclrv2", overrides=[f"{k}={v}" for k, v in TINY.items()] + [override])
