@@ -46,7 +46,7 @@ from fewlabel.plugins.recipes.stage import (
     check_run_folder, check_settings, fit_stage, hold_run_folder, is_rank_zero, stored_settings, write_json,
 )
 from fewlabel.plugins.recipes.validate import (
-    COSMETIC_TRAINER_KEYS, DEFAULT_TEACHER, RecipeError, check_config, accepted_keys,
+    COSMETIC_TRAINER_KEYS, DEFAULT_TEACHER, RecipeError, accepted_keys, check_config,
 )
 
 
