@@ -18,6 +18,22 @@ __all__ = ["DatasetSplits", "FewLabelDataModule"]
 
 TRAIN_SPLITS = ("labeled", "unlabeled")
 VAL_SEED = 0
+TEST_SEED = 0
+
+
+def _check_test_fraction(test_fraction: object) -> float:
+    """``test_fraction`` as a float; ValueError unless it is a number in ``(0, 1)``."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
+    return float(test_fraction)
+
+
+def _split_off_test(data: FewLabelDataset, test_fraction: float,
+                    class_names: Sequence[str]) -> tuple[FewLabelDataset, FewLabelDataset]:
+    """``(train, test)``: a stratified ``test_fraction`` of ``data`` held out as the test split, with a
+    fixed seed (the same test split for every run and label draw), for data that come without one."""
+    keep, held = stratified_split(data.targets, test_fraction, TEST_SEED, class_names)
+    return data.subset(keep), data.subset(held)
 
 
 class DatasetSplits(NamedTuple):

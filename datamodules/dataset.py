@@ -60,6 +60,14 @@ class FewLabelDataset(ABC):
         return SubsetDataset(self, indices)
 
 
+def _unit_float(value: Tensor, copy: bool = False) -> Tensor:
+    """``uint8`` (8-bit images) as ``float32`` in ``[0, 1]`` (divided by 255); other dtypes as they are
+    (a copy with ``copy=True``)."""
+    if value.dtype == torch.uint8:
+        return value.to(torch.float32).div_(255.0)
+    return value.clone() if copy else value
+
+
 class InMemoryDataset(FewLabelDataset):
     """Inputs held as one stacked tensor; loading is plain indexing (same in both modes).
 
@@ -89,8 +97,7 @@ class InMemoryDataset(FewLabelDataset):
 
     def load(self, index: int, train: bool) -> Tensor:
         """Return ``inputs[index]`` (``uint8`` as ``float32 / 255``; ``train`` is ignored)."""
-        value = self.inputs[index]
-        return value.to(torch.float32).div_(255.0) if value.dtype == torch.uint8 else value
+        return _unit_float(self.inputs[index])
 
 
 class SubsetDataset(FewLabelDataset):

@@ -18,13 +18,10 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
-from fewlabel.datamodules.budget import stratified_split
+from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule, _check_test_fraction, _split_off_test
 from fewlabel.datamodules.dataset import FewLabelDataset
 
 __all__ = ["FileDataset", "FolderDataModule", "scan_class_folders"]
-
-TEST_SEED = 0
 
 
 def _describe(files: Sequence[Path]) -> str:
@@ -195,10 +192,8 @@ class FolderDataModule(FewLabelDataModule):
 
     def __init__(self, root: str | Path, test_fraction: float = 0.3, cache: bool = True, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
+        self.test_fraction = _check_test_fraction(test_fraction)
         self.root = Path(root)
-        self.test_fraction = float(test_fraction)
         self.cache = bool(cache)
 
     def make_dataset(self, files: list[Path], targets: np.ndarray) -> FileDataset:
@@ -244,9 +239,7 @@ class FolderDataModule(FewLabelDataModule):
             train, test = parts.values()
         else:
             (full,) = parts.values()
-            folders = [str(self.root / name) for name in class_names]
-            keep, held = stratified_split(full.targets, self.test_fraction, TEST_SEED, folders)
-            train, test = full.subset(keep), full.subset(held)
+            train, test = _split_off_test(full, self.test_fraction, [str(self.root / name) for name in class_names])
         return DatasetSplits(train=train, test=test, class_names=class_names)
 
     def _warn_ignored(self, scans: dict[Path, tuple[list[Path], np.ndarray, list[Path]]]) -> None:

@@ -18,14 +18,13 @@ from PIL import Image
 from torch import Tensor
 
 from fewlabel.datamodules.audio_folder import _clip_samples, crop_or_pad, mono_waveform
-from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule
-from fewlabel.datamodules.budget import _check_int, stratified_split
-from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset
+from fewlabel.datamodules.base import DatasetSplits, FewLabelDataModule, _check_test_fraction, _split_off_test
+from fewlabel.datamodules.budget import _check_int
+from fewlabel.datamodules.dataset import FewLabelDataset, InMemoryDataset, _unit_float
 from fewlabel.datamodules.image_folder import PIL_MODES, image_to_tensor
 
 __all__ = ["HuggingFaceDataModule", "WaveformDataset"]
 
-TEST_SEED = 0
 
 
 class WaveformDataset(FewLabelDataset):
@@ -120,14 +119,12 @@ class HuggingFaceDataModule(FewLabelDataModule):
         num_samples = _clip_samples(sample_rate, clip_seconds)
         if channels not in PIL_MODES:
             raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels!r}")
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
         self.source = source
         self.input_column, self.label_column = input_column, label_column
         self.keys = {"train": train_key, "val": val_key, "test": test_key}
         self.image_size, self.channels = image_size, channels
         self.sample_rate, self.num_samples = sample_rate, num_samples
-        self.test_fraction = float(test_fraction)
+        self.test_fraction = _check_test_fraction(test_fraction)
         self.kind: str | None = None  # "image" or "audio", known after setup
 
     def _splits(self) -> dict[str, Any]:
@@ -208,12 +205,11 @@ class HuggingFaceDataModule(FewLabelDataModule):
             values = [self._decode(cell, column) for cell in self._cells(split, column)]
             if self.kind == "image":
                 dtype = torch.uint8 if all(v.dtype == torch.uint8 for v in values) else torch.float32
-                stacked = torch.stack([v if v.dtype == dtype else v.float() / 255 for v in values])
+                stacked = torch.stack([v if v.dtype == dtype else _unit_float(v) for v in values])
                 decoded[part] = InMemoryDataset(stacked, targets)
             else:
                 decoded[part] = WaveformDataset(values, targets, self.num_samples)
         train, test = decoded["train"], decoded.get("test")
         if test is None:
-            keep, held = stratified_split(train.targets, self.test_fraction, TEST_SEED, class_names)
-            train, test = train.subset(keep), train.subset(held)
+            train, test = _split_off_test(train, self.test_fraction, class_names)
         return DatasetSplits(train=train, test=test, class_names=class_names, val=decoded.get("val"))

@@ -11,6 +11,7 @@ from PIL import Image, ImageFile
 from torch import Tensor
 
 from fewlabel.datamodules.budget import _check_int
+from fewlabel.datamodules.dataset import _unit_float
 from fewlabel.datamodules.folder import FileDataset, FolderDataModule
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "image_to_tensor"]
@@ -105,8 +106,7 @@ class ImageFileDataset(FileDataset):
 
     def finish(self, value: Tensor, train: bool) -> Tensor:
         """Return a ``float32`` copy in ``[0, 1]`` (``uint8`` values are divided by 255)."""
-        inputs = value.to(torch.float32, copy=True)
-        return inputs.div_(255.0) if value.dtype == torch.uint8 else inputs
+        return _unit_float(value, copy=True).to(torch.float32)
 
 
 class ImageFolderDataModule(FolderDataModule):
