@@ -26,7 +26,7 @@ from fewlabel.plugins.clustering import (
 from fewlabel.plugins.distributed import on_rank_zero_then_broadcast, shard_dataloader
 from fewlabel.plugins.encoders import build_encoder
 from fewlabel.plugins.evaluation import clustering_metrics
-from fewlabel.plugins.gather import Embeddings, gather_embeddings
+from fewlabel.plugins.gather import Embeddings, dataset_positions, gather_embeddings
 
 __all__ = ["PseudoLabeler"]
 
@@ -49,14 +49,7 @@ def _length(loader: Any) -> int | None:
 def _table_size(emb: Embeddings, *loaders: Any) -> int:
     """Length of the pseudo-label table: it covers every position the labelled rows or the loaders' datasets
     reach (a labelling loader may show part of the training set, or a view whose indices reach further)."""
-    size = int(emb.indices.max()) + 1
-    for loader in loaders:
-        dataset = getattr(loader, "dataset", None)
-        reach = getattr(dataset, "num_positions", None)
-        if reach is None and hasattr(dataset, "__len__"):
-            reach = len(dataset)
-        size = max(size, int(reach or 0))
-    return size
+    return max([int(emb.indices.max()) + 1, *(dataset_positions(loader) or 0 for loader in loaders)])
 
 
 class PseudoLabeler(L.Callback):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from fewlabel.plugins.arrays import chunk_rows
 
-__all__ = ["Embeddings", "gather_embeddings", "merge_embeddings"]
+__all__ = ["Embeddings", "dataset_positions", "gather_embeddings", "merge_embeddings"]
 
 # Row blocks (compaction, finiteness check, all-gather) hold about this many bytes.
 _CHUNK_BYTES = 32 << 20
@@ -57,6 +57,22 @@ class Embeddings:
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+
+def dataset_positions(dataloader: Any) -> int | None:
+    """How far the ``"index"`` of a loader's batches may reach: its dataset's ``num_positions`` (a view of part
+    of a larger dataset says so), else ``len(dataset)``; ``None`` when the loader has no sized dataset.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> dataset_positions(DataLoader(list(range(5)))), dataset_positions([{"index": 0}])
+        (5, None)
+    """
+    dataset = getattr(dataloader, "dataset", None)
+    positions = getattr(dataset, "num_positions", None)
+    if positions is None and dataset is not None and hasattr(dataset, "__len__"):
+        positions = len(dataset)
+    return positions
 
 
 def _resolve_dtype(buffer_dtype: Any) -> np.dtype:
@@ -266,10 +282,7 @@ def _gather_local(
     buffer: _Buffer,
     progress: Callable[[int], Any] | None = None,
 ) -> Embeddings:
-    dataset = getattr(dataloader, "dataset", None)
-    size = getattr(dataset, "num_positions", None)  # a view of a larger dataset: the range of "index"
-    if size is None:
-        size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    size = dataset_positions(dataloader)
     emb: np.ndarray | None = None
     labels = np.empty(0, dtype=np.int64)
     seen = np.zeros(0, dtype=bool)
