@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fewlabel.plugins.encoders.audio_ntt import AudioNTT
-from fewlabel.plugins.encoders.base import Encoder, build_encoder, checkpoint_weights, encoder_weights, load_weights
+from fewlabel.plugins.encoders.base import Encoder, build_encoder, checkpoint_weights, load_checkpoint_weights
 from fewlabel.plugins.encoders.frontend import LogMelFrontend, RunningNorm
 from fewlabel.plugins.encoders.registry import ENCODERS, create_encoder, list_encoders, register_encoder
 from fewlabel.plugins.encoders.small_cnn import SmallCNN
@@ -23,10 +23,9 @@ __all__ = [
     "build_encoder",
     "checkpoint_weights",
     "create_encoder",
-    "encoder_weights",
     "has_ssf",
     "list_encoders",
-    "load_weights",
+    "load_checkpoint_weights",
     "merge_ssf",
     "register_encoder",
     "ssf_parameters",

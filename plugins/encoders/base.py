@@ -110,12 +110,7 @@ def checkpoint_weights(checkpoint: str | Path, prefix: str = "encoder.") -> dict
     return weights
 
 
-def encoder_weights(checkpoint: str | Path) -> dict[str, Tensor]:
-    """The ``encoder.*`` weights (prefix removed) of a fewlabel module's checkpoint (see :func:`checkpoint_weights`)."""
-    return checkpoint_weights(checkpoint, "encoder.")
-
-
-def load_weights(module: nn.Module, checkpoint: str | Path, prefix: str, what: str) -> nn.Module:
+def load_checkpoint_weights(module: nn.Module, checkpoint: str | Path, prefix: str, what: str) -> nn.Module:
     """Load ``module``'s weights, exactly (same keys and shapes), from the ``prefix`` weights of a checkpoint.
 
     Raises:
@@ -153,7 +148,7 @@ def build_encoder(encoder: nn.Module | Mapping[str, Any]) -> nn.Module:
         built = create_encoder(spec.pop("name"), **spec)
         if checkpoint is not None:
             spec = {k: v for k, v in encoder.items() if k != "checkpoint"}
-            load_weights(built, checkpoint, "encoder.", f"the encoder {spec}")
+            load_checkpoint_weights(built, checkpoint, "encoder.", f"the encoder {spec}")
         return built
     raise TypeError(f"encoder must be an nn.Module or a spec dict with a 'name' key, got {type(encoder).__name__}")
 

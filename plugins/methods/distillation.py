@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewlabel.plugins.encoders.base import Encoder, embed, load_weights
+from fewlabel.plugins.encoders.base import Encoder, embed, load_checkpoint_weights
 from fewlabel.plugins.losses.distillation import DistillationLoss
 from fewlabel.plugins.methods.classifier import Classifier
 
@@ -115,7 +115,7 @@ class KnowledgeDistillation(Classifier):
         self.loss = DistillationLoss(temperature)
         self.teacher = copy.deepcopy(teacher).requires_grad_(False).eval()
         if teacher_checkpoint is not None:
-            load_weights(self.teacher, teacher_checkpoint, "", f"the teacher {type(teacher).__name__}")
+            load_checkpoint_weights(self.teacher, teacher_checkpoint, "", f"the teacher {type(teacher).__name__}")
         self._teacher_runs_view = hasattr(self.teacher, "encoder") and hasattr(self.teacher, "head")
         if not self._teacher_runs_view and _has_frontend(self.encoder):
             name = type(self.encoder).__name__

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fewlabel.datamodules import FewLabelDataModule
-from fewlabel.plugins.encoders.base import build_encoder, encoder_weights
+from fewlabel.plugins.encoders.base import build_encoder, checkpoint_weights
 from fewlabel.plugins.evaluation.few_shot import check_episode_args, evaluate_episodes
 from fewlabel.plugins.gather import gather_embeddings
 from fewlabel.plugins.heads.registry import list_few_shot_heads
@@ -45,7 +45,7 @@ def _encoder_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     if checkpoint.is_file():
         check_checkpoint(checkpoint)
     try:
-        return encoder_weights(checkpoint)
+        return checkpoint_weights(checkpoint, "encoder.")
     except ValueError as err:
         raise RecipeError(str(err)) from err
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from fewlabel.callbacks import RNGStateKeeper
+from fewlabel.plugins.encoders.base import load_checkpoint_weights
 from fewlabel.plugins.recipes.build import close_logger
 from fewlabel.plugins.recipes.validate import RecipeError
 
@@ -159,14 +160,11 @@ def is_rank_zero() -> bool:
 
 def load_weights(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
     """Load a checkpoint's ``state_dict`` into ``module`` (the file is one this recipe wrote)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        raise RecipeError(f"{checkpoint} does not fit the module this configuration builds (written by another "
-                          f"fewlabel version?): {str(err).splitlines()[0]}; delete {checkpoint.parent} to recompute "
+        return load_checkpoint_weights(module, checkpoint, "", "the module this configuration builds")
+    except ValueError as err:
+        raise RecipeError(f"{err} (written by another fewlabel version?); delete {checkpoint.parent} to recompute "
                           f"that stage") from err
-    return module
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:

@@ -172,3 +172,18 @@ def test_cli_overrides_top_level_and_recipe_set_trainer_keys(tmp_path: Path,
     assert saved["seed"] == 3 and saved["trainer"]["enable_progress_bar"] is False
     assert json.loads((tmp_path / "teacher" / "settings.json").read_text())["seed"] == 3
     assert "Epoch 0" not in capsys.readouterr().err  # no progress bar
+
+
+def test_a_stage_checkpoint_that_does_not_fit_the_module_is_named(tmp_path: Path) -> None:
+    """A finished stage's weights from another architecture (another fewlabel version) end in one line with the
+    remedy, not in torch's load_state_dict error."""
+    import torch
+
+    from fewlabel.plugins import Classifier
+    from fewlabel.plugins.recipes.stage import load_weights
+
+    torch.save({"state_dict": Classifier({"name": "small_cnn", "width": 8}, num_classes=3).state_dict()},
+               tmp_path / "final.ckpt")
+    with pytest.raises(RecipeError, match=r"do not fit the module this configuration builds: size mismatch .*"
+                                          r"\(written by another fewlabel version\?\); delete .* to recompute"):
+        load_weights(Classifier({"name": "small_cnn", "width": 4}, num_classes=3), tmp_path / "final.ckpt")
