@@ -124,6 +124,8 @@ def finetune_runs(config: dict[str, Any], output: Path) -> Iterator[tuple[str, i
     cfg = config["finetune"]
     base = {key: cfg[key] for key in ("augment", "module", "trainer") if key in cfg}
     methods = cfg.get("methods") or {}
+    # everything a run depends on: its own spec and every upstream section (not the other methods)
+    upstream = tuple(key for key in config if key not in ("finetune", "pictures"))
     for method in methods:
         for lr in cfg.get("lr_candidates") or [None]:
             spec = merge(base, methods[method] or {})
@@ -131,8 +133,6 @@ def finetune_runs(config: dict[str, Any], output: Path) -> Iterator[tuple[str, i
             if lr is not None:
                 spec = merge(spec, {"module": {"lr": lr}})
                 folder = folder / f"lr{lr:g}"
-            # everything the run depends on: its own spec and every upstream section (not the other methods)
-            upstream = tuple(key for key in config if key not in ("finetune", "pictures"))
             settings = _settings(config, upstream, finetune=spec, draws_together=_draws_together(config, spec))
             for k in cfg["labels_per_class"]:
                 for seed in cfg["seeds"]:
